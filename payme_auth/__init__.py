@@ -1,0 +1,57 @@
+"""Async access tokens for the Pay-me (Alignet) payments API.
+
+One :class:`PaymeAuth` fetches a token with OAuth 2.0 ``client_credentials``, caches it,
+renews it before it expires, shares a single fetch between all concurrent callers, and plugs
+into :class:`httpx.AsyncClient` so that every API request carries it::
+
+    import httpx
+    from payme_auth import Environment, PaymeAuth
+
+    async with PaymeAuth("client-id", "client-secret", environment=Environment.PREPROD) as auth:
+        async with httpx.AsyncClient(base_url="https://api.preprod.alignet.io", auth=auth) as api:
+            response = await api.post("/charges", json=charge)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._auth import PaymeAuth
+from ._config import API_VERSION, Environment, Scope
+from ._errors import (
+    AuthClosedError,
+    ConfigurationError,
+    InsufficientScopeError,
+    InvalidCredentialsError,
+    PaymeAuthError,
+    TokenEndpointUnavailableError,
+    TokenError,
+    TokenRefusedError,
+    TokenResponseError,
+)
+from ._protocol import RetryPolicy
+from ._token import AccessToken
+
+try:
+    __version__ = version("payme-auth")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "API_VERSION",
+    "AccessToken",
+    "AuthClosedError",
+    "ConfigurationError",
+    "Environment",
+    "InsufficientScopeError",
+    "InvalidCredentialsError",
+    "PaymeAuth",
+    "PaymeAuthError",
+    "RetryPolicy",
+    "Scope",
+    "TokenEndpointUnavailableError",
+    "TokenError",
+    "TokenRefusedError",
+    "TokenResponseError",
+    "__version__",
+]

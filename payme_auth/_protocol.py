@@ -1,0 +1,445 @@
+"""Pay-me's token protocol, with no I/O: requests out, answers in, decisions back.
+
+Rules:
+- Nothing here awaits, sleeps, reads a clock, an environment variable or a random source:
+  times and random draws are arguments, so every rule is tested with plain values.
+- The request is exactly the documented one: a JSON body with the six fields ``action``,
+  ``grant_type``, ``audience``, ``client_id``, ``client_secret`` and ``scope``, and the
+  headers ``Content-Type: application/json`` and ``ALG-API-VERSION``.
+- Answers are read tolerantly only where Pay-me's own documents disagree (``expires_in`` as
+  a numeric string, ``success`` as ``"true"``) and strictly everywhere else.
+- A missing ``expires_in`` (the 200 schema does not require it) means the token is assumed
+  to live ``assumed_expires_in`` seconds (five minutes by default), a deliberately short
+  guess that keeps renewals frequent; with ``assumed_expires_in=None`` it is an error.
+- Failures are classified once, here: a refusal (4xx) is final, an overloaded or unreachable
+  endpoint (408, 429, 5xx, transport errors) is worth another attempt after a backoff.
+- Text that comes from the server is shortened, stripped of control characters and scrubbed
+  of the client secret before it reaches an exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._config import Environment
+from ._errors import (
+    ConfigurationError,
+    InsufficientScopeError,
+    InvalidCredentialsError,
+    TokenError,
+    TokenRefusedError,
+    TokenResponseError,
+)
+from ._token import AccessToken
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "Failure",
+    "RetryPolicy",
+    "TokenRequest",
+    "build_token_request",
+    "effective_margin",
+    "parse_retry_after",
+    "read_token_response",
+]
+
+MAX_RESPONSE_BYTES = 256 * 1024
+"""Token answers larger than this are not read further (a real one is about 1 KiB)."""
+
+MAX_EXPIRES_IN = 366 * 24 * 3600
+"""The longest lifetime believed; a larger ``expires_in`` is a broken answer."""
+
+MAX_TOKEN_LENGTH = 16 * 1024
+_DETAIL_LENGTH = 200
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+_DIGITS = re.compile(r"[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How hard to try the token endpoint within one fetch.
+
+    Connection errors, timeouts and HTTP 408, 425, 429 and 5xx are retried; refusals never
+    are. The wait before attempt *n + 1* is ``backoff * 2 ** (n - 1)``, capped at
+    ``max_backoff``, times a random factor between 0.5 and 1 (jitter), and never less than
+    the server's ``Retry-After``. A ``Retry-After`` longer than ``max_retry_after`` ends the
+    fetch at once: nothing waits for minutes inside a request.
+
+    Attributes:
+        attempts: the most requests one fetch makes (1 disables retries).
+        backoff: the first wait, in seconds.
+        max_backoff: the longest computed wait, in seconds.
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    max_retry_after: float = 30.0
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise ConfigurationError(f"attempts must be an int, not {self.attempts!r}")
+        if not 1 <= self.attempts <= 100:
+            raise ConfigurationError(f"attempts must be between 1 and 100, not {self.attempts}")
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            _check_seconds(name, getattr(self, name))
+
+    def delay(self, attempt: int, *, retry_after: float | None, draw: float) -> float | None:
+        """Return how long to wait after failed attempt number *attempt* (1-based).
+
+        ``None`` means: give up now (the attempts ran out, or the server asked for a longer
+        wait than :attr:`max_retry_after`). *draw* is a random number in ``[0, 1)``.
+        """
+        if attempt >= self.attempts:
+            return None
+        if retry_after is not None and retry_after > self.max_retry_after:
+            return None
+        computed = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        jittered = computed * (0.5 + draw / 2.0)
+        return max(jittered, retry_after or 0.0)
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a finite number >= 0, not {value!r}")
+    return float(value)
+
+
+def effective_margin(refresh_margin: float, expires_in: float) -> float:
+    """The refresh margin in force for a token living *expires_in* seconds.
+
+    The margin is honoured as given up to half the lifetime and capped at half beyond:
+    a 60 s margin on a 59 s token must not make every call fetch a new one.
+    """
+    return min(refresh_margin, expires_in / 2.0)
+
+
+@attrs.frozen(kw_only=True)
+class TokenRequest:
+    """A token request ready to send. Its body holds the client secret: never log it."""
+
+    url: str
+    headers: Mapping[str, str]
+    content: bytes = attrs.field(repr=False)
+
+
+def build_token_request(
+    environment: Environment, client_id: str, client_secret: str, scopes: Iterable[str]
+) -> TokenRequest:
+    """Build Pay-me's documented ``client_credentials`` token request."""
+    body = {
+        "action": "authorize",
+        "grant_type": "client_credentials",
+        "audience": environment.audience,
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "scope": " ".join(scopes),
+    }
+    return TokenRequest(
+        url=environment.token_url,
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "ALG-API-VERSION": environment.api_version,
+        },
+        content=json.dumps(body, separators=(",", ":")).encode(),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """A token answer that carried no token.
+
+    Attributes:
+        error: the error to raise if this is the last word.
+        retryable: whether another attempt may succeed.
+        retry_after: the server's ``Retry-After`` in seconds, if any.
+    """
+
+    error: TokenError
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Read a ``Retry-After`` header (seconds or an HTTP date) as seconds from *now*.
+
+    *now* is the wall clock (seconds since the epoch), used only for the date form.
+    An unreadable value is ignored (``None``).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if _DIGITS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def clean_text(text: object, secrets: Iterable[str] = ()) -> str | None:
+    """Make server text safe to show: a short single line with no secret in it."""
+    if not isinstance(text, (str, int, float)) or isinstance(text, bool):
+        return None
+    cleaned = str(text)
+    for secret in secrets:
+        if secret:
+            cleaned = cleaned.replace(secret, "***")
+    cleaned = _CONTROL.sub(" ", cleaned).strip()
+    if len(cleaned) > _DETAIL_LENGTH:
+        cleaned = cleaned[: _DETAIL_LENGTH - 1] + "…"
+    return cleaned or None
+
+
+def _pay_me_status(data: Mapping[str, Any]) -> tuple[object, object]:
+    """Find Pay-me's ``<section>.meta.status`` code and first message, wherever it is."""
+    sections = [data, *(value for value in data.values() if isinstance(value, Mapping))]
+    for section in sections:
+        meta = section.get("meta")
+        status = meta.get("status") if isinstance(meta, Mapping) else None
+        if isinstance(status, Mapping):
+            message: object = status.get("message")
+            messages = status.get("message_ilgn")
+            if isinstance(messages, list) and messages and isinstance(messages[0], Mapping):
+                message = messages[0].get("value")
+            return status.get("code"), message
+    return None, None
+
+
+@attrs.frozen(kw_only=True)
+class _Details:
+    code: str | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+def _details(data: object, secrets: Iterable[str]) -> _Details:
+    if not isinstance(data, Mapping):
+        return _Details()
+    secrets = tuple(secrets)
+    code, message = _pay_me_status(data)
+    detail = (
+        clean_text(message, secrets)
+        or clean_text(data.get("error_description"), secrets)
+        or clean_text(data.get("message"), secrets)
+    )
+    return _Details(
+        code=clean_text(code, secrets),
+        error=clean_text(data.get("error"), secrets),
+        detail=detail,
+    )
+
+
+def _decode(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _refusal(status: int, data: object, secrets: Iterable[str]) -> Failure:
+    found = _details(data, secrets)
+    kind: type[TokenRefusedError]
+    if status == 401:
+        kind, message = (
+            InvalidCredentialsError,
+            ("Pay-me refused the client credentials or the requested scopes"),
+        )
+    elif status == 403:
+        kind, message = InsufficientScopeError, "Pay-me refused the requested scopes"
+    else:
+        kind, message = TokenRefusedError, f"Pay-me rejected the token request (HTTP {status})"
+    return Failure(
+        error=kind(
+            message,
+            status_code=status,
+            code=found.code,
+            error=found.error,
+            detail=found.detail,
+        )
+    )
+
+
+def _failure_for_status(
+    status: int,
+    headers: Mapping[str, str],
+    data: object,
+    *,
+    now: float,
+    secrets: Iterable[str],
+) -> Failure:
+    if status in _RETRYABLE_STATUS or 500 <= status <= 599:
+        found = _details(data, secrets)
+        return Failure(
+            error=TokenError(
+                f"the token endpoint answered HTTP {status}",
+                status_code=status,
+                code=found.code,
+                error=found.error,
+                detail=found.detail,
+            ),
+            retryable=True,
+            retry_after=parse_retry_after(headers.get("retry-after"), now=now),
+        )
+    if 400 <= status <= 499:
+        return _refusal(status, data, secrets)
+    if 300 <= status <= 399:
+        where = clean_text(headers.get("location"), secrets) or "elsewhere"
+        return Failure(
+            error=TokenResponseError(
+                f"the token endpoint redirected (HTTP {status}) to {where}: check the token URL",
+                status_code=status,
+            )
+        )
+    return Failure(
+        error=TokenResponseError(f"the token endpoint answered HTTP {status}", status_code=status)
+    )
+
+
+def _expires_in(value: object, assumed: int | None, status: int) -> int:
+    if value is None:
+        if assumed is None:
+            raise TokenResponseError("the token answer has no expires_in", status_code=status)
+        return assumed
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        seconds = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise TokenResponseError(
+            f"the token answer's expires_in is not a whole number of seconds: "
+            f"{type(value).__name__}",
+            status_code=status,
+        )
+    if not 1 <= seconds <= MAX_EXPIRES_IN:
+        raise TokenResponseError(
+            f"the token answer's expires_in is out of range: {seconds}", status_code=status
+        )
+    return seconds
+
+
+def _token_from(
+    data: Mapping[str, Any],
+    *,
+    status: int,
+    requested_scopes: Iterable[str],
+    obtained_at: float,
+    assumed_expires_in: int | None,
+    secrets: Iterable[str],
+) -> AccessToken:
+    found = _details(data, secrets)
+    success = data.get("success", True)
+    if success is False or success == "false":
+        raise TokenResponseError(
+            "the token endpoint answered success=false",
+            status_code=status,
+            code=found.code,
+            error=found.error,
+            detail=found.detail,
+        )
+    if success is not True and success != "true":
+        raise TokenResponseError(
+            "the token answer's success field is neither true nor false", status_code=status
+        )
+    if found.code is not None and found.code != "00":
+        raise TokenResponseError(
+            "the token answer reports a non-success status",
+            status_code=status,
+            code=found.code,
+            detail=found.detail,
+        )
+    value = data.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise TokenResponseError("the token answer has no access_token", status_code=status)
+    if len(value) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value):
+        raise TokenResponseError(
+            "the token answer's access_token is not a valid header value", status_code=status
+        )
+    token_type = data.get("token_type")
+    if token_type is not None and (
+        not isinstance(token_type, str) or token_type.lower() != "bearer"
+    ):
+        raise TokenResponseError(
+            f"the token type is {clean_text(token_type)!r}, not Bearer", status_code=status
+        )
+    scope = data.get("scope")
+    if scope is None:
+        granted = frozenset(requested_scopes)
+    elif isinstance(scope, str):
+        granted = frozenset(scope.split())
+    else:
+        raise TokenResponseError("the token answer's scope is not a string", status_code=status)
+    return AccessToken(
+        value=value,
+        token_type="Bearer",
+        scope=granted,
+        expires_in=_expires_in(data.get("expires_in"), assumed_expires_in, status),
+        obtained_at=obtained_at,
+    )
+
+
+def read_token_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    truncated: bool = False,
+    requested_scopes: Iterable[str],
+    obtained_at: float,
+    now: float,
+    assumed_expires_in: int | None = 300,
+    secrets: Iterable[str] = (),
+) -> AccessToken | Failure:
+    """Turn the token endpoint's answer into a token, or a classified :class:`Failure`.
+
+    Args:
+        status: the HTTP status.
+        headers: the response headers (case-insensitive mapping, such as ``httpx.Headers``).
+        body: the body, at most :data:`MAX_RESPONSE_BYTES` of it.
+        truncated: whether the body was longer than what was read.
+        requested_scopes: what was asked for (the granted scopes when the answer is silent).
+        obtained_at: the monotonic clock when the request was sent.
+        now: the wall clock, to read a ``Retry-After`` date.
+        assumed_expires_in: the lifetime assumed when ``expires_in`` is missing, or ``None``
+            to treat that as an error.
+        secrets: strings that must not appear in error messages.
+    """
+    data = _decode(body)
+    if not 200 <= status <= 299:
+        return _failure_for_status(status, headers, data, now=now, secrets=secrets)
+    if truncated:
+        return Failure(
+            error=TokenResponseError(
+                f"the token answer is larger than {MAX_RESPONSE_BYTES} bytes", status_code=status
+            )
+        )
+    if not isinstance(data, Mapping):
+        what = "not a JSON object" if data is not None or body.strip() == b"null" else "not JSON"
+        return Failure(error=TokenResponseError(f"the token answer is {what}", status_code=status))
+    try:
+        return _token_from(
+            data,
+            status=status,
+            requested_scopes=requested_scopes,
+            obtained_at=obtained_at,
+            assumed_expires_in=assumed_expires_in,
+            secrets=secrets,
+        )
+    except TokenResponseError as error:
+        return Failure(error=error)
