@@ -34,7 +34,13 @@ import anyio.abc
 import httpx
 
 from ._config import Environment
-from ._errors import AuthClosedError, TokenEndpointUnavailableError, TokenError, TokenResponseError
+from ._errors import (
+    AuthClosedError,
+    PaymeAuthError,
+    TokenEndpointUnavailableError,
+    TokenError,
+    TokenResponseError,
+)
 from ._protocol import (
     MAX_RESPONSE_BYTES,
     Failure,
@@ -62,6 +68,9 @@ class _Flight:
         self.error: Exception | None = None
         self.traceback: TracebackType | None = None
         self.abandoned = False
+
+    def fail(self, error: Exception) -> None:
+        self.error, self.traceback = error, error.__traceback__
 
     def outcome(self) -> AccessToken:
         if self.error is not None:
@@ -153,9 +162,6 @@ class TokenProvider:
 
     async def get_token(self) -> AccessToken:
         """Return a fresh token, from the cache or from a (shared) fetch."""
-        token = self.current()
-        if token is not None:
-            return token
         return await self._shared_fetch(accept_cached=True)
 
     async def refresh(self) -> AccessToken:
@@ -186,15 +192,18 @@ class TokenProvider:
         try:
             token = await self._request_token()
         except Exception as error:  # noqa: BLE001 - shared with every waiter, raised by each of them
-            if self._closed and not isinstance(error, TokenError):
-                error = AuthClosedError("this PaymeAuth was closed while fetching a token")
-            flight.error, flight.traceback = error, error.__traceback__
+            if self._closed and not isinstance(error, PaymeAuthError):
+                error = _closed_while_fetching()
+            flight.fail(error)
         except BaseException:  # cancelled: the waiters go round and one of them leads anew
             flight.abandoned = True
             raise
         else:
-            self._install(token)
-            flight.token = token
+            if self._closed:
+                flight.fail(_closed_while_fetching())
+            else:
+                self._install(token)
+                flight.token = token
         finally:
             if self._flight is flight:
                 self._flight = None
@@ -338,10 +347,21 @@ class TokenProvider:
             await stack.aclose()
 
 
+def _closed_while_fetching() -> AuthClosedError:
+    return AuthClosedError("this PaymeAuth was closed while fetching a token")
+
+
 async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        return b"", True
+    # Past the limit, go on reading but keep nothing: stopping httpx's iterators half-way
+    # leaves one of them to the garbage collector. The attempt's deadline bounds the time.
     body = bytearray()
+    truncated = False
     async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            return bytes(body[:MAX_RESPONSE_BYTES]), True
-    return bytes(body), False
+        if not truncated:
+            body += chunk
+            truncated = len(body) > MAX_RESPONSE_BYTES
+    return bytes(body[:MAX_RESPONSE_BYTES]), truncated

@@ -1,0 +1,96 @@
+"""Shared fixtures: both async backends, a fake clock, canned token answers, a log guard."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from payme_auth import Environment, RetryPolicy
+
+CLIENT_ID = "test-client-id"
+CLIENT_SECRET = "CLIENT-SECRET-s3cr3t"
+"""The client secret used in tests: it must never appear in a log record."""
+
+TOKEN_MARK = "TOKEN-SECRET-"
+"""Every token value tests hand out starts with this: it must never appear in a log record."""
+
+TOKEN_URL = Environment.PREPROD.token_url
+API = "https://api.preprod.alignet.io"
+
+FAST_RETRY = RetryPolicy(attempts=3, backoff=0.001, max_backoff=0.002, max_retry_after=0.05)
+"""Retries with waits short enough for tests."""
+
+_serial = itertools.count(1)
+
+
+def new_token_value() -> str:
+    """A fresh token value, marked as secret."""
+    return f"{TOKEN_MARK}{next(_serial):06d}.payload.signature"
+
+
+def token_answer(**overrides: Any) -> dict[str, Any]:
+    """A documented-shape token answer; keyword arguments replace (or, as None, drop) fields."""
+    body: dict[str, Any] = {
+        "action": "authorize",
+        "success": True,
+        "access_token": new_token_value(),
+        "scope": "create:token post:charges get:charges delete:charges",
+        "expires_in": 8600,
+        "token_type": "Bearer",
+        "authorization": {
+            "meta": {
+                "status": {
+                    "code": "00",
+                    "message_ilgn": [{"locale": "es_PE", "value": "Access Token creado"}],
+                }
+            }
+        },
+    }
+    for key, value in overrides.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run every async test on asyncio and on trio."""
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock."""
+    return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def secrets_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Capture payme_auth's logs at DEBUG in every test and check no secret is in them."""
+    caplog.set_level(logging.DEBUG, logger="payme_auth")
+    yield
+    for record in caplog.records:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += repr(record.exc_info[1]) + str(record.exc_info[1])
+        assert CLIENT_SECRET not in text, f"client secret in log record: {record!r}"
+        assert TOKEN_MARK not in text, f"token value in log record: {record!r}"

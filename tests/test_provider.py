@@ -1,0 +1,622 @@
+"""The token provider: caching, single flight, shared failures, cancellation, retries, expiry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import respx
+
+from payme_auth import (
+    AccessToken,
+    AuthClosedError,
+    InvalidCredentialsError,
+    PaymeAuth,
+    RetryPolicy,
+    TokenEndpointUnavailableError,
+    TokenRefusedError,
+    TokenResponseError,
+)
+
+from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRY, TOKEN_URL, FakeClock, token_answer
+
+pytestmark = pytest.mark.anyio
+
+CROWD = 300
+
+
+class TokenServer:
+    """A scripted token endpoint: answers in order, optionally held at a gate."""
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        self.route = router.post(TOKEN_URL)
+        self.route.side_effect = self._answer
+        self.answers: list[Callable[[], httpx.Response] | httpx.Response | Exception] = []
+        self.gate: anyio.Event | None = None
+        self.arrived = 0
+        self.issued: list[str] = []
+
+    @property
+    def calls(self) -> int:
+        return self.route.call_count
+
+    def hold(self) -> None:
+        """Make the next requests wait until release() is called."""
+        self.gate = anyio.Event()
+
+    def release(self) -> None:
+        assert self.gate is not None
+        self.gate.set()
+
+    async def _answer(self, request: httpx.Request) -> httpx.Response:
+        self.arrived += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers.pop(0) if self.answers else None
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, httpx.Response):
+            return answer
+        if answer is not None:
+            return answer()
+        body = token_answer()
+        self.issued.append(body["access_token"])
+        return httpx.Response(200, json=body)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TokenServer]:
+    with respx.mock(assert_all_called=False) as router:
+        yield TokenServer(router)
+
+
+def make_auth(clock: FakeClock | None = None, **kwargs: Any) -> PaymeAuth:
+    kwargs.setdefault("retry", FAST_RETRY)
+    return PaymeAuth(CLIENT_ID, CLIENT_SECRET, clock=clock, **kwargs)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+# -- caching ---------------------------------------------------------------------------------
+
+
+async def test_token_is_fetched_once_and_cached(server: TokenServer) -> None:
+    """A second call returns the cached token without a new request."""
+    auth = make_auth()
+    first = await auth.get_token()
+    second = await auth.get_token()
+    assert first is second
+    assert server.calls == 1
+    assert first.value == server.issued[0]
+    await auth.aclose()
+
+
+async def test_fresh_token_is_returned_without_a_checkpoint(server: TokenServer) -> None:
+    """With a fresh token cached, get_token() completes without suspending even once."""
+    auth = make_auth()
+    token = await auth.get_token()
+    coroutine = auth.get_token()
+    with pytest.raises(StopIteration) as finished:
+        coroutine.send(None)
+    assert finished.value.value is token
+    await auth.aclose()
+
+
+async def test_token_request_is_the_documented_one(server: TokenServer) -> None:
+    """The token request is a JSON POST with the six fields and ALG-API-VERSION."""
+    auth = make_auth(scopes=["post:charges", "post:charges", "get:charges"])
+    await auth.get_token()
+    request = server.route.calls.last.request
+    assert request.method == "POST"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["alg-api-version"] == "1709847567"
+    assert "authorization" not in request.headers
+    import json
+
+    assert json.loads(request.content) == {
+        "action": "authorize",
+        "grant_type": "client_credentials",
+        "audience": "https://api.preprod.alignet.io/",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scope": "create:token post:charges get:charges",
+    }
+    await auth.aclose()
+
+
+# -- single flight ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entered", [False, True], ids=["bare", "async-with"])
+async def test_concurrent_callers_share_one_request(server: TokenServer, entered: bool) -> None:
+    """Hundreds of concurrent callers cause exactly one token request and get the same token."""
+    auth = make_auth()
+    if entered:
+        await auth.__aenter__()
+    results: list[AccessToken] = []
+
+    async def call() -> None:
+        results.append(await auth.get_token())
+
+    server.hold()
+    async with anyio.create_task_group() as tg:
+        for _ in range(CROWD):
+            tg.start_soon(call)
+        await wait_until(lambda: server.arrived == 1)
+        await anyio.sleep(0.01)
+        server.release()
+    assert server.calls == 1
+    assert len(results) == CROWD
+    assert len({id(token) for token in results}) == 1
+    await auth.aclose()
+
+
+@pytest.mark.parametrize("entered", [False, True], ids=["bare", "async-with"])
+async def test_concurrent_callers_share_one_failure(server: TokenServer, entered: bool) -> None:
+    """A refusal reaches every waiter, and the endpoint is asked only once."""
+    auth = make_auth()
+    if entered:
+        await auth.__aenter__()
+    server.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+    errors: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await auth.get_token()
+        except InvalidCredentialsError as error:
+            errors.append(error)
+
+    server.hold()
+    async with anyio.create_task_group() as tg:
+        for _ in range(CROWD):
+            tg.start_soon(call)
+        await wait_until(lambda: server.arrived == 1)
+        server.release()
+    assert server.calls == 1
+    assert len(errors) == CROWD
+    assert {type(error) for error in errors} == {InvalidCredentialsError}
+    await auth.aclose()
+
+
+async def test_shared_failure_retries_once_per_flight(server: TokenServer) -> None:
+    """A down endpoint gets one flight's attempts, not one storm per waiter."""
+    auth = make_auth()
+    server.answers.extend([httpx.Response(503)] * 3)
+    failures: list[TokenEndpointUnavailableError] = []
+
+    async def call() -> None:
+        try:
+            await auth.get_token()
+        except TokenEndpointUnavailableError as error:
+            failures.append(error)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(call)
+    assert len(failures) == 50
+    assert {error.attempts for error in failures} == {3}
+    assert server.calls == 3
+
+
+async def test_failure_is_not_cached(server: TokenServer) -> None:
+    """After a failed fetch, the next caller starts a new one and can succeed."""
+    auth = make_auth()
+    server.answers.append(httpx.Response(400, json={"message": "bad"}))
+    with pytest.raises(TokenRefusedError):
+        await auth.get_token()
+    token = await auth.get_token()
+    assert token.value == server.issued[0]
+    assert server.calls == 2
+
+
+async def test_traceback_does_not_grow_across_waiters(server: TokenServer) -> None:
+    """Every waiter raises the shared error with the flight's own traceback, not a pile."""
+    auth = make_auth()
+    server.answers.append(httpx.Response(401))
+    depths: list[int] = []
+
+    async def call() -> None:
+        try:
+            await auth.get_token()
+        except InvalidCredentialsError as error:
+            tb, depth = error.__traceback__, 0
+            while tb is not None:
+                tb, depth = tb.tb_next, depth + 1
+            depths.append(depth)
+
+    server.hold()
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(call)
+        await wait_until(lambda: server.arrived == 1)
+        server.release()
+    assert len(depths) == 20
+    assert max(depths) - min(depths) <= 3
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entered", [False, True], ids=["bare", "async-with"])
+async def test_cancelled_waiter_does_not_disturb_the_flight(
+    server: TokenServer, entered: bool
+) -> None:
+    """Cancelling a caller that waits on a flight leaves the flight and the others intact."""
+    auth = make_auth()
+    if entered:
+        await auth.__aenter__()
+    results: list[AccessToken] = []
+
+    async def call() -> None:
+        results.append(await auth.get_token())
+
+    server.hold()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)  # the leader when bare
+        await wait_until(lambda: server.arrived == 1)
+        with anyio.move_on_after(0.01):
+            await auth.get_token()  # a waiter, cancelled by its deadline
+        for _ in range(10):
+            tg.start_soon(call)
+        await anyio.sleep(0.01)
+        server.release()
+    assert server.calls == 1
+    assert len(results) == 11
+    await auth.aclose()
+
+
+async def test_cancelled_leader_hands_the_flight_to_a_waiter(server: TokenServer) -> None:
+    """Without async with, a cancelled leader abandons the flight and a waiter leads anew."""
+    auth = make_auth()
+    results: list[AccessToken] = []
+
+    async def call() -> None:
+        results.append(await auth.get_token())
+
+    server.hold()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            leader_scope = anyio.CancelScope()
+
+            async def leader() -> None:
+                with leader_scope:
+                    await auth.get_token()
+                    pytest.fail("the leader was not cancelled")
+
+            tg.start_soon(leader)
+            await wait_until(lambda: server.arrived == 1)
+            for _ in range(CROWD):
+                tg.start_soon(call)
+            await anyio.sleep(0.01)
+            leader_scope.cancel()
+            await wait_until(lambda: server.arrived == 2)
+            server.release()
+    assert len(results) == CROWD
+    assert len({token.value for token in results}) == 1
+    assert server.arrived == 2  # the abandoned request, and the one that landed
+    assert server.calls == 1
+    await auth.aclose()
+
+
+async def test_cancelled_caller_does_not_abort_an_owned_flight(server: TokenServer) -> None:
+    """Inside async with, the caller that started a fetch can be cancelled without aborting it."""
+    async with make_auth() as auth:
+        server.hold()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(auth.get_token)
+            await wait_until(lambda: server.arrived == 1)
+            tg.cancel_scope.cancel()
+        server.release()
+        token = await auth.get_token()
+        assert server.calls == 1
+        assert token.value == server.issued[0]
+
+
+async def test_random_cancellations_never_strand_anyone(server: TokenServer) -> None:
+    """Callers cancelled at random moments leave the rest served, and nothing hangs."""
+    auth = make_auth()
+    served: list[AccessToken] = []
+    server.answers.extend([lambda: _slow_token(0.01)] * 50)
+
+    async def call(delay: float) -> None:
+        with anyio.move_on_after(delay):
+            served.append(await auth.get_token())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for index in range(CROWD):
+                tg.start_soon(call, 0.001 * (index % 7) if index % 3 else 5.0)
+    assert len(served) >= CROWD // 3
+    assert auth._provider._flight is None
+    await auth.aclose()
+
+
+def _slow_token(_: float) -> httpx.Response:
+    return httpx.Response(200, json=token_answer())
+
+
+# -- expiry and renewal ----------------------------------------------------------------------
+
+
+async def test_token_is_renewed_inside_the_refresh_margin(
+    server: TokenServer, clock: FakeClock
+) -> None:
+    """A token is reused until refresh_margin seconds before expiry, then renewed."""
+    server.answers.extend([_answer(expires_in=100), _answer(expires_in=100)])
+    auth = make_auth(clock, refresh_margin=30)
+    first = await auth.get_token()
+    clock.advance(69.9)
+    assert await auth.get_token() is first
+    clock.advance(0.2)
+    second = await auth.get_token()
+    assert second is not first
+    assert server.calls == 2
+    assert second.obtained_at == clock.now
+
+
+async def test_margin_is_capped_at_half_the_lifetime(server: TokenServer, clock: FakeClock) -> None:
+    """A 60 s margin on a 59 s token renews at half its life, not on every call."""
+    server.answers.extend([_answer(expires_in=59), _answer(expires_in=59)])
+    auth = make_auth(clock, refresh_margin=60)
+    first = await auth.get_token()
+    for _ in range(10):
+        clock.advance(2.9)
+        assert await auth.get_token() is first
+    clock.advance(0.6)  # 29.6 s into a 59 s life
+    assert await auth.get_token() is not first
+    assert server.calls == 2
+
+
+async def test_zero_margin_renews_at_expiry(server: TokenServer, clock: FakeClock) -> None:
+    """With refresh_margin=0 the token is used right up to its expiry."""
+    server.answers.extend([_answer(expires_in=10), _answer(expires_in=10)])
+    auth = make_auth(clock, refresh_margin=0)
+    first = await auth.get_token()
+    clock.advance(9.999)
+    assert await auth.get_token() is first
+    clock.advance(0.001)
+    assert await auth.get_token() is not first
+
+
+async def test_missing_expires_in_assumes_a_short_lifetime(
+    server: TokenServer, clock: FakeClock
+) -> None:
+    """An answer without expires_in gives a token assumed to live assumed_expires_in seconds."""
+    server.answers.append(_answer(expires_in=None))
+    auth = make_auth(clock, assumed_expires_in=120, refresh_margin=0)
+    token = await auth.get_token()
+    assert token.expires_in == 120
+
+
+async def test_refresh_forces_a_new_token_and_is_shared(server: TokenServer) -> None:
+    """refresh() replaces a fresh token; concurrent refreshes share one request."""
+    auth = make_auth()
+    first = await auth.get_token()
+    results: list[AccessToken] = []
+
+    async def refresh() -> None:
+        results.append(await auth.refresh())
+
+    server.hold()
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(refresh)
+        await wait_until(lambda: server.arrived == 2)
+        server.release()
+    assert server.calls == 2
+    assert {token.value for token in results} == {server.issued[1]}
+    assert results[0] is not first
+    assert await auth.get_token() is results[0]
+
+
+async def test_invalidate_compares_before_dropping(server: TokenServer) -> None:
+    """invalidate(token) drops only that token; invalidate() drops whatever is cached."""
+    auth = make_auth()
+    first = await auth.get_token()
+    assert auth.invalidate(first) is True
+    assert auth.invalidate(first) is False
+    second = await auth.get_token()
+    assert auth.invalidate(first) is False
+    assert await auth.get_token() is second
+    assert auth.invalidate() is True
+    assert auth.invalidate() is False
+    assert (await auth.get_token()).value == server.issued[2]
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+
+async def test_transient_failures_are_retried(server: TokenServer) -> None:
+    """503, a connection error, then a token: three requests, one token."""
+    server.answers.extend([httpx.Response(503), httpx.ConnectError("refused")])
+    auth = make_auth()
+    token = await auth.get_token()
+    assert server.calls == 3
+    assert token.value == server.issued[0]
+
+
+async def test_attempts_are_bounded(server: TokenServer) -> None:
+    """After RetryPolicy.attempts transient failures the typed error carries the last status."""
+    server.answers.extend([httpx.Response(500), httpx.Response(502), httpx.Response(429)])
+    auth = make_auth()
+    with pytest.raises(TokenEndpointUnavailableError) as caught:
+        await auth.get_token()
+    assert caught.value.attempts == 3
+    assert caught.value.status_code == 429
+    assert server.calls == 3
+
+
+async def test_retry_after_beyond_the_policy_ends_the_fetch(server: TokenServer) -> None:
+    """A Retry-After longer than max_retry_after is not waited for: the error says it."""
+    server.answers.append(httpx.Response(503, headers={"Retry-After": "120"}))
+    auth = make_auth()
+    with anyio.fail_after(2):
+        with pytest.raises(TokenEndpointUnavailableError) as caught:
+            await auth.get_token()
+    assert caught.value.retry_after == 120
+    assert caught.value.attempts == 1
+    assert server.calls == 1
+
+
+async def test_retry_after_is_honoured(server: TokenServer) -> None:
+    """A short Retry-After is waited for before the next attempt."""
+    server.answers.append(httpx.Response(429, headers={"Retry-After": "0"}))
+    auth = make_auth(retry=RetryPolicy(attempts=2, backoff=0, max_retry_after=1))
+    await auth.get_token()
+    assert server.calls == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+async def test_refusals_are_not_retried(server: TokenServer, status: int) -> None:
+    """A 4xx refusal ends the fetch after one request."""
+    server.answers.append(httpx.Response(status))
+    auth = make_auth()
+    with pytest.raises(TokenRefusedError) as caught:
+        await auth.get_token()
+    assert caught.value.status_code == status
+    assert server.calls == 1
+
+
+async def test_unusable_answer_is_not_retried(server: TokenServer) -> None:
+    """A 200 that carries no usable token ends the fetch with TokenResponseError."""
+    server.answers.append(httpx.Response(200, json={"success": False}))
+    auth = make_auth()
+    with pytest.raises(TokenResponseError):
+        await auth.get_token()
+    assert server.calls == 1
+
+
+async def test_hanging_endpoint_is_bounded_by_the_timeout(server: TokenServer) -> None:
+    """An endpoint that never answers costs at most timeout per attempt, then a typed error."""
+    auth = make_auth(timeout=0.05, retry=RetryPolicy(attempts=2, backoff=0))
+    server.hold()
+    with anyio.fail_after(3):
+        with pytest.raises(TokenEndpointUnavailableError) as caught:
+            await auth.get_token()
+    assert "within 0.05 s" in str(caught.value)
+    assert server.arrived == 2
+
+
+async def test_huge_answer_is_refused(server: TokenServer) -> None:
+    """A token answer declared larger than the limit is refused with TokenResponseError."""
+    server.answers.append(httpx.Response(200, content=b"{" + b" " * 300_000 + b"}"))
+    auth = make_auth()
+    with pytest.raises(TokenResponseError, match="larger than"):
+        await auth.get_token()
+
+
+async def test_huge_streamed_answer_is_refused(server: TokenServer) -> None:
+    """A chunked answer that grows past the limit is refused, and only the limit is kept."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"access_token": "'
+        for _ in range(100):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    server.answers.append(httpx.Response(200, content=chunks()))
+    auth = make_auth()
+    with pytest.raises(TokenResponseError, match="larger than"):
+        await auth.get_token()
+
+
+async def test_transport_error_is_not_chained(server: TokenServer) -> None:
+    """The HTTP stack's exception (which references the request body) is not kept."""
+    server.answers.append(httpx.ConnectError("refused"))
+    auth = make_auth(retry=RetryPolicy(attempts=1))
+    with pytest.raises(TokenEndpointUnavailableError) as caught:
+        await auth.get_token()
+    assert "ConnectError" in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+
+
+# -- life cycle ------------------------------------------------------------------------------
+
+
+async def test_closed_auth_refuses_to_fetch(server: TokenServer) -> None:
+    """After aclose() the token is forgotten and get_token() raises AuthClosedError."""
+    auth = make_auth()
+    await auth.get_token()
+    await auth.aclose()
+    await auth.aclose()
+    with pytest.raises(AuthClosedError):
+        await auth.get_token()
+    with pytest.raises(AuthClosedError):
+        async with auth:
+            pass
+
+
+async def test_closing_cancels_a_flight_and_frees_its_waiters(server: TokenServer) -> None:
+    """Leaving async with during a fetch ends it, and its waiters get AuthClosedError."""
+    errors: list[BaseException] = []
+
+    async def call(auth: PaymeAuth) -> None:
+        try:
+            await auth.get_token()
+        except AuthClosedError as error:
+            errors.append(error)
+
+    server.hold()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, make_auth() as auth:
+            for _ in range(10):
+                tg.start_soon(call, auth)
+            await wait_until(lambda: server.arrived == 1)
+    assert len(errors) == 10
+    assert server.arrived == 1
+
+
+async def test_closing_during_a_bare_flight_caches_nothing(server: TokenServer) -> None:
+    """A token that lands after aclose() is not cached; its callers get AuthClosedError."""
+    auth = make_auth()
+    server.hold()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                with pytest.raises(AuthClosedError):
+                    await auth.get_token()
+
+            tg.start_soon(call)
+            await wait_until(lambda: server.arrived == 1)
+            await auth.aclose()
+            server.release()
+    assert auth._provider.cached is None
+
+
+async def test_entering_twice_is_refused(server: TokenServer) -> None:
+    """A PaymeAuth can be entered once at a time."""
+    async with make_auth() as auth:
+        with pytest.raises(RuntimeError, match="already entered"):
+            await auth.__aenter__()
+
+
+async def test_borrowed_client_is_used_and_left_open(server: TokenServer) -> None:
+    """A borrowed http_client sends the token requests and is not closed by aclose()."""
+    async with httpx.AsyncClient() as borrowed:
+        async with make_auth(http_client=borrowed) as auth:
+            await auth.get_token()
+        assert not borrowed.is_closed
+    assert server.calls == 1
+
+
+def _answer(**fields: Any) -> Callable[[], httpx.Response]:
+    return lambda: httpx.Response(200, json=token_answer(**fields))
+
+
+def test_provider_has_no_token_before_the_first_fetch() -> None:
+    """A new PaymeAuth holds no token and has sent nothing."""
+    auth = make_auth()
+    assert auth._provider.cached is None
+    assert auth._provider.current() is None
+    assert auth._provider.fetches == 0
+    assert auth._provider._refresh_at == -math.inf
