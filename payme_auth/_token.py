@@ -58,7 +58,7 @@ class AccessToken:
 
     @property
     def authorization(self) -> str:
-        """The ``Authorization`` header value: ``"Bearer <token>"``."""
+        """``"Bearer <token>"``, the ``Authorization`` header value."""
         return f"Bearer {self.value}"
 
     def remaining(self, now: float) -> float:
