@@ -311,7 +311,7 @@ class PaymeAuth(httpx.Auth):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self._provider.stop()
 
     def __repr__(self) -> str:
         return (

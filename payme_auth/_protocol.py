@@ -246,11 +246,14 @@ def _details(data: object, secrets: Iterable[str]) -> _Details:
     )
 
 
+_NOT_JSON = object()
+
+
 def _decode(body: bytes) -> object:
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
-        return None
+        return _NOT_JSON
 
 
 def _refusal(status: int, data: object, secrets: Iterable[str]) -> Failure:
@@ -430,7 +433,7 @@ def read_token_response(
             )
         )
     if not isinstance(data, Mapping):
-        what = "not a JSON object" if data is not None or body.strip() == b"null" else "not JSON"
+        what = "not JSON" if data is _NOT_JSON else "not a JSON object"
         return Failure(error=TokenResponseError(f"the token answer is {what}", status_code=status))
     try:
         return _token_from(

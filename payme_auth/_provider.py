@@ -121,6 +121,7 @@ class TokenProvider:
         self._flight: _Flight | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: AsyncExitStack | None = None
+        self._background: set[anyio.CancelScope] = set()
         self._closed = False
         self.fetches = 0
         """Token requests sent, retries included."""
@@ -178,7 +179,7 @@ class TokenProvider:
             if flight is None:
                 flight = self._flight = _Flight()
                 if self._task_group is not None:
-                    self._task_group.start_soon(self._fly, flight)
+                    self._start_in_background(self._task_group, flight)
                 else:
                     # No task group to run it in: this caller leads the flight itself.
                     await self._fly(flight)
@@ -336,15 +337,36 @@ class TokenProvider:
         self._exit_stack = stack
 
     async def aclose(self) -> None:
-        """Stop fetching for good, cancel a flight in the air and forget the token."""
+        """Stop fetching for good, cancel a flight in the air and forget the token.
+
+        Safe from any task: it cancels only the provider's own background work, never the
+        task group's scope, which also encloses the code inside ``async with``.
+        """
         self._closed = True
         self._token = None
         self._refresh_at = -math.inf
-        stack, self._exit_stack = self._exit_stack, None
-        if stack is not None and self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            self._task_group = None
+        for scope in self._background:
+            scope.cancel()
+
+    async def stop(self) -> None:
+        """Close, then leave the task group opened by :meth:`start` (at ``async with`` exit)."""
+        await self.aclose()
+        stack, self._exit_stack, self._task_group = self._exit_stack, None, None
+        if stack is not None:
             await stack.aclose()
+
+    def _start_in_background(self, task_group: anyio.abc.TaskGroup, flight: _Flight) -> None:
+        async def fly() -> None:
+            with anyio.CancelScope() as scope:
+                self._background.add(scope)
+                try:
+                    if self._closed:  # closed before this task got to run
+                        scope.cancel()
+                    await self._fly(flight)
+                finally:
+                    self._background.discard(scope)
+
+        task_group.start_soon(fly)
 
 
 def _closed_while_fetching() -> AuthClosedError:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 import respx
@@ -620,3 +621,43 @@ def test_provider_has_no_token_before_the_first_fetch() -> None:
     assert auth._provider.current() is None
     assert auth._provider.fetches == 0
     assert auth._provider._refresh_at == -math.inf
+
+
+async def test_closing_from_another_task_is_safe(server: TokenServer) -> None:
+    """aclose() from a task other than the one inside async with stops fetches at once."""
+    async with make_auth() as auth:
+        await auth.get_token()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(auth.aclose)
+        with pytest.raises(AuthClosedError):
+            await auth.get_token()
+    assert server.calls == 1
+
+
+async def test_closing_inside_async_with_leaves_the_body_running(server: TokenServer) -> None:
+    """An explicit aclose() inside async with (even in a nested scope) cancels nothing else."""
+    reached = False
+    async with make_auth() as auth:
+        with anyio.move_on_after(5):
+            server.hold()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_expect_closed, auth)
+                await wait_until(lambda: server.arrived == 1)
+                await auth.aclose()
+            await anyio.lowlevel.checkpoint()
+            reached = True
+    assert reached
+
+
+async def test_fetch_started_just_before_closing_does_not_go_out(server: TokenServer) -> None:
+    """A background fetch scheduled right before aclose() sends nothing."""
+    async with make_auth() as auth, anyio.create_task_group() as tg:
+        tg.start_soon(_expect_closed, auth)
+        await anyio.lowlevel.checkpoint()
+        await auth.aclose()
+    assert server.arrived == 0
+
+
+async def _expect_closed(auth: PaymeAuth) -> None:
+    with pytest.raises(AuthClosedError):
+        await auth.get_token()
