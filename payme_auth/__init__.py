@@ -14,7 +14,8 @@ into :class:`httpx.AsyncClient` so that every API request carries it::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from ._auth import PaymeAuth
 from ._config import API_VERSION, Environment, Scope
@@ -33,8 +34,8 @@ from ._protocol import RetryPolicy
 from ._token import AccessToken
 
 try:
-    __version__ = version("payme-auth")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
+    __version__ = _version("payme-auth")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
     __version__ = "0+unknown"
 
 __all__ = [

@@ -2,8 +2,10 @@
 
 Rules:
 - The token goes only to the API origin (the audience's scheme, host and port) and to
-  origins the user adds; any other request, including one httpx was redirected to, passes
-  through untouched.
+  origins the user adds; any other request passes through untouched. httpx itself strips
+  ``Authorization`` when it follows a redirect to another origin, with one exception of its
+  own: ``http://host`` to ``https://host`` on the default ports. Plain HTTP is allowed only
+  to loopback hosts, so that exception can only move the token to TLS on the same machine.
 - No lock is held across ``yield request``: httpx may close the flow from another task.
 - On a 401 from the API the token that failed is dropped (only if it is still the cached
   one), one new token is fetched, shared by every request that failed with the same token,
@@ -150,6 +152,12 @@ class PaymeAuth(httpx.Auth):
             )
         if isinstance(extra_origins, str):
             extra_origins = [extra_origins]
+        elif not isinstance(extra_origins, Iterable):
+            raise ConfigurationError(
+                f"extra_origins must be a list of origins, not {type(extra_origins).__name__}"
+            )
+        if clock is not None and not callable(clock):
+            raise ConfigurationError(f"clock must be a callable, not {type(clock).__name__}")
         http_timeout, attempt_timeout = _timeouts(timeout)
         self.environment = environment
         self._origins: frozenset[Origin] = frozenset(
@@ -185,7 +193,7 @@ class PaymeAuth(httpx.Auth):
         Raises:
             ConfigurationError: a variable is missing or invalid.
         """
-        settings = {**env_settings(), **overrides}
+        settings = {**env_settings(skip=overrides), **overrides}
         for key, variable in (
             ("client_id", "PAYME_CLIENT_ID"),
             ("client_secret", "PAYME_CLIENT_SECRET"),
@@ -263,9 +271,14 @@ class PaymeAuth(httpx.Auth):
         if "ALG-API-VERSION" not in headers:
             headers["ALG-API-VERSION"] = self._api_version
         response = yield request
-        if response.status_code != 401 or not self._replayable(request, response):
+        # A 401 from a host httpx was redirected to says nothing about our token.
+        if response.status_code != 401 or not self.applies_to(response.request.url):
             return
         provider.invalidate(token)
+        if not isinstance(request.stream, httpx.ByteStream):
+            # A streamed body was consumed by the first attempt: the caller gets the 401,
+            # and its next request gets the new token.
+            return
         renewed = await provider.get_token()
         logger.info(
             "the API answered 401 for token %s to %s %s; replaying once with token %s",
@@ -276,13 +289,6 @@ class PaymeAuth(httpx.Auth):
         )
         headers["Authorization"] = renewed.authorization
         yield request
-
-    def _replayable(self, request: httpx.Request, response: httpx.Response) -> bool:
-        # A 401 from a host httpx was redirected to says nothing about our token; and a
-        # streamed body was consumed by the first attempt.
-        return self.applies_to(response.request.url) and isinstance(
-            request.stream, httpx.ByteStream
-        )
 
     def sync_auth_flow(
         self, request: httpx.Request

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -202,6 +202,10 @@ def normalize_scopes(scopes: Iterable[str | Scope] | str | None) -> tuple[str, .
         return DEFAULT_SCOPES
     if isinstance(scopes, str):
         items: list[str] = scopes.split()
+    elif not isinstance(scopes, Iterable):
+        raise ConfigurationError(
+            f"scopes must be a list of scopes or one space-separated string, not {scopes!r}"
+        )
     else:
         items = []
         for scope in scopes:
@@ -212,13 +216,16 @@ def normalize_scopes(scopes: Iterable[str | Scope] | str | None) -> tuple[str, .
     return tuple(ordered)
 
 
-def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+def env_settings(
+    environ: Mapping[str, str] | None = None, *, skip: Iterable[str] = ()
+) -> dict[str, object]:
     """Read the ``PAYME_*`` variables into :class:`~payme_auth.PaymeAuth` keyword arguments.
 
     ``PAYME_CLIENT_ID`` and ``PAYME_CLIENT_SECRET`` are required; ``PAYME_ENVIRONMENT``
     (``preprod``, the default, or ``production``) or both ``PAYME_TOKEN_URL`` and
     ``PAYME_AUDIENCE`` choose the environment; ``PAYME_API_VERSION`` overrides the
     ``ALG-API-VERSION`` header; ``PAYME_SCOPES`` lists scopes separated by spaces or commas.
+    Settings named in *skip* (given some other way) are not read at all.
     """
     env = os.environ if environ is None else environ
 
@@ -232,6 +239,16 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
         if value is not None:
             settings[key] = value
 
+    skip = frozenset(skip)
+    if "environment" not in skip:
+        settings["environment"] = _env_environment(get)
+    scopes = get("PAYME_SCOPES")
+    if scopes is not None and "scopes" not in skip:
+        settings["scopes"] = normalize_scopes(scopes.replace(",", " "))
+    return settings
+
+
+def _env_environment(get: Callable[[str], str | None]) -> Environment:
     token_url, audience = get("PAYME_TOKEN_URL"), get("PAYME_AUDIENCE")
     named = get("PAYME_ENVIRONMENT")
     version = get("PAYME_API_VERSION")
@@ -245,16 +262,10 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
                 f"PAYME_ENVIRONMENT={named!r} conflicts with PAYME_TOKEN_URL/PAYME_AUDIENCE: "
                 "set one or the other"
             )
-        settings["environment"] = Environment(
+        return Environment(
             token_url=token_url, audience=audience, api_version=version or API_VERSION
         )
-    else:
-        environment = Environment.from_name(named) if named else Environment.PREPROD
-        if version is not None:
-            environment = attrs.evolve(environment, api_version=version)
-        settings["environment"] = environment
-
-    scopes = get("PAYME_SCOPES")
-    if scopes is not None:
-        settings["scopes"] = normalize_scopes(scopes.replace(",", " "))
-    return settings
+    environment = Environment.from_name(named) if named else Environment.PREPROD
+    if version is not None:
+        environment = attrs.evolve(environment, api_version=version)
+    return environment

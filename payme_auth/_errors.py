@@ -6,7 +6,7 @@ Every error is a :class:`PaymeAuthError`; the tree is shallow on purpose::
     ├── ConfigurationError            bad settings (also a ValueError)
     ├── AuthClosedError               the PaymeAuth was closed (also a RuntimeError)
     └── TokenError                    no token could be had from the token endpoint
-        ├── TokenRefusedError         it refused the request (HTTP 4xx): not retried
+        ├── TokenRefusedError         it refused the request (HTTP 4xx): never retried
         │   ├── InvalidCredentialsError   401: wrong client id or secret, or a scope not allowed
         │   └── InsufficientScopeError    403
         ├── TokenResponseError        it answered, but not with a usable token
@@ -111,7 +111,7 @@ def _rebuild(
 
 
 class TokenRefusedError(TokenError):
-    """The token endpoint refused the request (an HTTP 4xx other than 408 and 429).
+    """The token endpoint refused the request (an HTTP 4xx other than 408, 425 and 429).
 
     Retrying the same request cannot succeed, so payme_auth does not retry it.
     """

@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import math
@@ -60,7 +61,7 @@ MAX_TOKEN_LENGTH = 16 * 1024
 _DETAIL_LENGTH = 200
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
@@ -188,8 +189,8 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # "-0000": UTC, with no claim about local time
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - now)
 
 
@@ -197,11 +198,12 @@ def clean_text(text: object, secrets: Iterable[str] = ()) -> str | None:
     """Make server text safe to show: a short single line with no secret in it."""
     if not isinstance(text, (str, int, float)) or isinstance(text, bool):
         return None
-    cleaned = str(text)
+    # Control characters first: a secret with a space in it must not hide behind a tab.
+    cleaned = _CONTROL.sub(" ", str(text))
     for secret in secrets:
         if secret:
             cleaned = cleaned.replace(secret, "***")
-    cleaned = _CONTROL.sub(" ", cleaned).strip()
+    cleaned = cleaned.strip()
     if len(cleaned) > _DETAIL_LENGTH:
         cleaned = cleaned[: _DETAIL_LENGTH - 1] + "…"
     return cleaned or None
@@ -321,7 +323,9 @@ def _expires_in(value: object, assumed: int | None, status: int) -> int:
             raise TokenResponseError("the token answer has no expires_in", status_code=status)
         return assumed
     if isinstance(value, str) and _DIGITS.fullmatch(value):
-        seconds = int(value)
+        digits = value.lstrip("0") or "0"
+        # Never hand int() thousands of digits: it refuses (and would be slow) past a limit.
+        seconds = int(digits) if len(digits) <= len(str(MAX_EXPIRES_IN)) else MAX_EXPIRES_IN + 1
     elif isinstance(value, int) and not isinstance(value, bool):
         seconds = value
     else:
@@ -379,7 +383,8 @@ def _token_from(
         not isinstance(token_type, str) or token_type.lower() != "bearer"
     ):
         raise TokenResponseError(
-            f"the token type is {clean_text(token_type)!r}, not Bearer", status_code=status
+            f"the token type is {clean_text(token_type, secrets)!r}, not Bearer",
+            status_code=status,
         )
     scope = data.get("scope")
     if scope is None:
@@ -423,6 +428,7 @@ def read_token_response(
             to treat that as an error.
         secrets: strings that must not appear in error messages.
     """
+    secrets = tuple(secrets)
     data = _decode(body)
     if not 200 <= status <= 299:
         return _failure_for_status(status, headers, data, now=now, secrets=secrets)

@@ -30,6 +30,9 @@ from payme_auth.testing import (
 
 pytestmark = pytest.mark.anyio
 
+API_TIMEOUT = 60.0
+"""Bursts of hundreds of calls queue for connections: on a slow, shared machine, be patient."""
+
 QUICK_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.02, max_retry_after=2)
 
 
@@ -81,7 +84,7 @@ async def test_concurrent_calls_cost_one_token_request(server: EmulatorServer) -
     server.emulator.token_latency = 0.05
     async with (
         make_auth(server) as auth,
-        httpx.AsyncClient(base_url=server.url, auth=auth) as api,
+        httpx.AsyncClient(base_url=server.url, auth=auth, timeout=API_TIMEOUT) as api,
     ):
         statuses = await charge_burst(api, 300)
     assert statuses == [200] * 300
@@ -93,7 +96,9 @@ async def test_concurrent_calls_cost_one_token_request(server: EmulatorServer) -
 
 async def test_one_liner_without_async_with(server: EmulatorServer) -> None:
     """httpx.AsyncClient(auth=PaymeAuth(...)) works on its own, leaving nothing open."""
-    async with httpx.AsyncClient(base_url=server.url, auth=make_auth(server)) as api:
+    async with httpx.AsyncClient(
+        base_url=server.url, auth=make_auth(server), timeout=API_TIMEOUT
+    ) as api:
         statuses = await charge_burst(api, 50)
     assert statuses == [200] * 50
     assert server.emulator.stats.token_requests == 1
@@ -103,7 +108,7 @@ async def test_revoked_token_is_replaced_once(server: EmulatorServer) -> None:
     """After the server revokes the token, the next burst costs one token request, no failure."""
     async with (
         make_auth(server) as auth,
-        httpx.AsyncClient(base_url=server.url, auth=auth) as api,
+        httpx.AsyncClient(base_url=server.url, auth=auth, timeout=API_TIMEOUT) as api,
     ):
         assert await charge_burst(api, 20) == [200] * 20
         server.emulator.revoke_tokens()
@@ -146,7 +151,7 @@ async def test_transient_faults_are_retried(server: EmulatorServer) -> None:
     server.emulator.inject(Fault(status=502, body=b"<html>Bad gateway</html>"))
     async with (
         make_auth(server) as auth,
-        httpx.AsyncClient(base_url=server.url, auth=auth) as api,
+        httpx.AsyncClient(base_url=server.url, auth=auth, timeout=API_TIMEOUT) as api,
     ):
         assert await charge_burst(api, 10) == [200] * 10
     assert server.emulator.stats.token_requests == 3
@@ -205,7 +210,7 @@ async def test_short_lived_token_is_renewed_before_the_api_rejects_it(
     server.emulator.token_lifetime = 2
     async with (
         make_auth(server) as auth,
-        httpx.AsyncClient(base_url=server.url, auth=auth) as api,
+        httpx.AsyncClient(base_url=server.url, auth=auth, timeout=API_TIMEOUT) as api,
     ):
         statuses: list[int] = []
         deadline = time.monotonic() + 2.5

@@ -1,0 +1,1116 @@
+"""The httpx plug: PaymeAuth.async_auth_flow, origins, the 401 replay, life cycle, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, aclosing
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import respx
+
+from payme_auth import (
+    API_VERSION,
+    AuthClosedError,
+    ConfigurationError,
+    Environment,
+    InvalidCredentialsError,
+    PaymeAuth,
+    Scope,
+    TokenEndpointUnavailableError,
+    TokenResponseError,
+)
+
+from .conftest import (
+    API,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FAST_RETRY,
+    TOKEN_URL,
+    FakeClock,
+    token_answer,
+)
+
+pytestmark = pytest.mark.anyio
+
+API_HOST = "api.preprod.alignet.io"
+OTHER = "https://other.example"
+
+AuthFactory = Callable[..., Awaitable[PaymeAuth]]
+
+
+class TokenEndpoint:
+    """The token endpoint on a respx route: a fresh token per request, or scripted answers."""
+
+    def __init__(self, router: respx.MockRouter, url: str = TOKEN_URL) -> None:
+        self.route = router.post(url)
+        self.route.side_effect = self._answer
+        self.issued: list[str] = []
+        self.answers: list[httpx.Response] = []
+        self.arrived = 0
+        self.gate: anyio.Event | None = None
+        self.delay = 0.0
+
+    @property
+    def calls(self) -> int:
+        return self.route.call_count
+
+    def bearer(self, index: int) -> str:
+        """The Authorization header value for the index-th token handed out."""
+        return f"Bearer {self.issued[index]}"
+
+    async def _answer(self, request: httpx.Request) -> httpx.Response:
+        self.arrived += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay:
+            delay, self.delay = self.delay, 0.0
+            await anyio.sleep(delay)
+        if self.answers:
+            return self.answers.pop(0)
+        body = token_answer()
+        self.issued.append(body["access_token"])
+        return httpx.Response(200, json=body)
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    """respx in front of every request: an unrouted request fails the test."""
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as mock:
+        yield mock
+
+
+@pytest.fixture
+def tokens(router: respx.MockRouter) -> TokenEndpoint:
+    """Pay-me's preprod token endpoint, handing out a fresh token on each request."""
+    return TokenEndpoint(router)
+
+
+@pytest.fixture
+def api(router: respx.MockRouter) -> respx.Route:
+    """Every request to https://api.preprod.alignet.io (port 443), answered 200 by default."""
+    return router.route(scheme="https", host=API_HOST, port=443).respond(200, json={"ok": True})
+
+
+@pytest.fixture(params=["bare", "entered"])
+async def make_auth(request: pytest.FixtureRequest) -> AsyncIterator[AuthFactory]:
+    """Build PaymeAuth objects used bare, or inside ``async with``; all closed at teardown."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**kwargs: Any) -> PaymeAuth:
+            kwargs.setdefault("retry", FAST_RETRY)
+            auth = PaymeAuth(CLIENT_ID, CLIENT_SECRET, **kwargs)
+            if request.param == "entered":
+                await stack.enter_async_context(auth)
+            else:
+                stack.push_async_callback(auth.aclose)
+            return auth
+
+        yield make
+
+
+@pytest.fixture
+async def auth(make_auth: AuthFactory) -> PaymeAuth:
+    """A PaymeAuth for Pay-me preprod (bare, and inside ``async with``)."""
+    return await make_auth()
+
+
+def sent(route: respx.Route, index: int = -1) -> httpx.Request:
+    """The request a route received (the last one by default)."""
+    request: httpx.Request = route.calls[index].request
+    return request
+
+
+def authorizations(route: respx.Route) -> list[str | None]:
+    """The Authorization header of every request a route received, in order."""
+    return [call.request.headers.get("Authorization") for call in route.calls]
+
+
+def unauthorized(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(401, json={"message": "Unauthorized"})
+
+
+# -- the flow driven by hand -------------------------------------------------------------------
+
+
+async def test_flow_adds_both_headers_and_ends_on_200(
+    auth: PaymeAuth, tokens: TokenEndpoint
+) -> None:
+    """The flow yields the request with Bearer and ALG-API-VERSION, and ends on a 200."""
+    request = httpx.Request("GET", f"{API}/charges/m/1/2")
+    flow = auth.async_auth_flow(request)
+    sent_request = await flow.__anext__()
+    assert sent_request is request
+    assert sent_request.headers["Authorization"] == tokens.bearer(0)
+    assert sent_request.headers["ALG-API-VERSION"] == "1709847567"
+    with pytest.raises(StopAsyncIteration):
+        await flow.asend(httpx.Response(200, request=sent_request))
+    assert tokens.calls == 1
+
+
+async def test_flow_replays_a_401_once_with_a_new_token(
+    auth: PaymeAuth, tokens: TokenEndpoint
+) -> None:
+    """A 401 yields the request again with a new token; a second 401 ends the flow."""
+    request = httpx.Request("POST", f"{API}/charges", json={"amount": 100})
+    flow = auth.async_auth_flow(request)
+    first = await flow.__anext__()
+    assert first.headers["Authorization"] == tokens.bearer(0)
+    replay = await flow.asend(httpx.Response(401, request=first))
+    assert replay is request
+    assert tokens.calls == 2
+    assert replay.headers["Authorization"] == tokens.bearer(1)
+    assert tokens.bearer(0) != tokens.bearer(1)
+    assert replay.headers["ALG-API-VERSION"] == "1709847567"
+    with pytest.raises(StopAsyncIteration):
+        await flow.asend(httpx.Response(401, request=replay))
+    assert tokens.calls == 2
+    assert (await auth.get_token()).value == tokens.issued[1]
+
+
+async def test_flow_ends_after_a_successful_replay(auth: PaymeAuth, tokens: TokenEndpoint) -> None:
+    """After the replay, a 200 ends the flow and the new token stays cached."""
+    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    first = await flow.__anext__()
+    replay = await flow.asend(httpx.Response(401, request=first))
+    with pytest.raises(StopAsyncIteration):
+        await flow.asend(httpx.Response(200, request=replay))
+    assert tokens.calls == 2
+    assert (await auth.headers())["Authorization"] == tokens.bearer(1)
+    assert tokens.calls == 2
+
+
+@pytest.mark.parametrize("status", [200, 400, 403, 404, 500])
+async def test_flow_ends_on_anything_but_401(
+    auth: PaymeAuth, tokens: TokenEndpoint, status: int
+) -> None:
+    """Any answer other than 401 ends the flow at once, with no new token."""
+    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    first = await flow.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await flow.asend(httpx.Response(status, request=first))
+    assert tokens.calls == 1
+    assert auth.invalidate(await auth.get_token()) is True
+    assert tokens.calls == 1
+
+
+async def test_flow_passes_a_foreign_request_through(
+    auth: PaymeAuth, tokens: TokenEndpoint
+) -> None:
+    """A request to another origin is yielded untouched, and its 401 ends the flow."""
+    request = httpx.Request("GET", f"{OTHER}/api")
+    flow = auth.async_auth_flow(request)
+    yielded = await flow.__anext__()
+    assert yielded is request
+    assert "Authorization" not in yielded.headers
+    assert "ALG-API-VERSION" not in yielded.headers
+    with pytest.raises(StopAsyncIteration):
+        await flow.asend(httpx.Response(401, request=yielded))
+    assert tokens.calls == 0
+
+
+async def test_flow_keeps_the_request_alg_api_version(
+    auth: PaymeAuth, tokens: TokenEndpoint
+) -> None:
+    """An ALG-API-VERSION the request already carries is kept, on the replay too."""
+    request = httpx.Request("GET", f"{API}/refund", headers={"alg-api-version": "42"})
+    flow = auth.async_auth_flow(request)
+    first = await flow.__anext__()
+    assert first.headers.get_list("ALG-API-VERSION") == ["42"]
+    replay = await flow.asend(httpx.Response(401, request=first))
+    assert replay.headers.get_list("ALG-API-VERSION") == ["42"]
+    assert replay.headers["Authorization"] == tokens.bearer(1)
+    await flow.aclose()
+
+
+async def test_flow_overrides_an_authorization_already_set(
+    auth: PaymeAuth, tokens: TokenEndpoint
+) -> None:
+    """A stale Authorization on the request is replaced by exactly one Bearer header."""
+    request = httpx.Request("GET", f"{API}/refund", headers={"Authorization": "Bearer stale"})
+    flow = auth.async_auth_flow(request)
+    first = await flow.__anext__()
+    assert first.headers.get_list("Authorization") == [tokens.bearer(0)]
+    await flow.aclose()
+
+
+async def test_flows_that_failed_with_one_token_share_one_renewal(
+    auth: PaymeAuth, tokens: TokenEndpoint
+) -> None:
+    """A 401 for a token already replaced reuses the newer token instead of dropping it."""
+    first_flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/a"))
+    second_flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/b"))
+    first = await first_flow.__anext__()
+    second = await second_flow.__anext__()
+    assert first.headers["Authorization"] == second.headers["Authorization"] == tokens.bearer(0)
+    first_replay = await first_flow.asend(httpx.Response(401, request=first))
+    second_replay = await second_flow.asend(httpx.Response(401, request=second))
+    assert first_replay.headers["Authorization"] == tokens.bearer(1)
+    assert second_replay.headers["Authorization"] == tokens.bearer(1)
+    assert tokens.calls == 2
+    await first_flow.aclose()
+    await second_flow.aclose()
+
+
+# -- through a real httpx.AsyncClient ----------------------------------------------------------
+
+
+async def test_every_api_request_carries_bearer_and_api_version(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """GET, POST and DELETE to the API all carry the Bearer token and ALG-API-VERSION."""
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        responses = [
+            await client.post("/charges", json={"amount": 100}),
+            await client.get("/charges/m/op/tx"),
+            await client.delete("/charges/m/op"),
+            await client.get(f"{API}:443/refund"),
+        ]
+    assert [response.status_code for response in responses] == [200, 200, 200, 200]
+    assert api.call_count == 4
+    for call in api.calls:
+        assert call.request.headers.get_list("Authorization") == [tokens.bearer(0)]
+        assert call.request.headers.get_list("ALG-API-VERSION") == ["1709847567"]
+    assert tokens.calls == 1
+
+
+@pytest.mark.parametrize("where", ["request", "client"])
+async def test_an_api_version_already_set_is_kept(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route, where: str
+) -> None:
+    """An ALG-API-VERSION set on the request or as a client default is sent as it is."""
+    defaults = {"ALG-API-VERSION": "1600000000"} if where == "client" else {}
+    per_request = {"ALG-API-VERSION": "1600000000"} if where == "request" else {}
+    async with httpx.AsyncClient(base_url=API, auth=auth, headers=defaults) as client:
+        response = await client.get("/refund", headers=per_request)
+    assert response.status_code == 200
+    assert sent(api).headers.get_list("ALG-API-VERSION") == ["1600000000"]
+    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+
+
+async def test_token_is_fetched_once_for_sequential_requests(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """Fifty sequential API requests share one token request."""
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        for number in range(50):
+            response = await client.get(f"/charges/m/{number}/1")
+            assert response.status_code == 200
+    assert tokens.calls == 1
+    assert api.call_count == 50
+    assert set(authorizations(api)) == {tokens.bearer(0)}
+
+
+async def test_token_is_fetched_once_for_200_concurrent_requests(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """Two hundred concurrent requests, all started before the token arrives, share one fetch."""
+    statuses: list[int] = []
+    tokens.gate = anyio.Event()
+
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+
+        async def call(number: int) -> None:
+            statuses.append((await client.get(f"/charges/m/{number}/1")).status_code)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for number in range(200):
+                    tg.start_soon(call, number)
+                while tokens.arrived == 0:
+                    await anyio.sleep(0.001)
+                await anyio.sleep(0.02)
+                assert api.call_count == 0
+                tokens.gate.set()
+    assert statuses == [200] * 200
+    assert tokens.calls == 1
+    assert api.call_count == 200
+    assert set(authorizations(api)) == {tokens.bearer(0)}
+
+
+async def test_a_due_token_is_renewed_before_a_request(
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, clock: FakeClock
+) -> None:
+    """Once a token is within its refresh margin, the next request waits for a new one."""
+    auth = await make_auth(clock=clock, refresh_margin=60)
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        await client.get("/refund")
+        clock.advance(8600 - 61)
+        await client.get("/refund")
+        assert tokens.calls == 1
+        clock.advance(2)
+        await client.get("/refund")
+    assert tokens.calls == 2
+    assert authorizations(api) == [tokens.bearer(0), tokens.bearer(0), tokens.bearer(1)]
+
+
+# -- which origins get the token ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{OTHER}/charges",
+        f"http://{API_HOST}/charges",
+        f"https://{API_HOST}:8443/charges",
+        f"https://{API_HOST}:80/charges",
+        f"https://{API_HOST}.evil.example/charges",
+        f"https://evil.example/{API_HOST}/charges",
+        "https://api.alignet.io/charges",
+        "https://auth.preprod.alignet.io/userinfo",
+    ],
+)
+async def test_no_token_for_another_origin(
+    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter, url: str
+) -> None:
+    """A request to any other scheme, host or port gets no headers, and no token is fetched."""
+    elsewhere = router.route(url=url).respond(200)
+    async with httpx.AsyncClient(auth=auth) as client:
+        response = await client.get(url)
+    assert response.status_code == 200
+    assert elsewhere.call_count == 1
+    assert "Authorization" not in sent(elsewhere).headers
+    assert "ALG-API-VERSION" not in sent(elsewhere).headers
+    assert tokens.calls == 0
+    assert auth.applies_to(httpx.URL(url)) is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"{API}/charges", f"{API}:443/charges", "https://API.Preprod.Alignet.IO/charges"],
+)
+async def test_applies_to_the_api_origin(url: str) -> None:
+    """The API origin matches with or without its default port, in any letter case."""
+    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET)) as auth:
+        assert auth.applies_to(httpx.URL(url)) is True
+
+
+async def test_extra_origin_gets_the_token(
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, router: respx.MockRouter
+) -> None:
+    """An origin in extra_origins gets the token; the same host on another port does not."""
+    auth = await make_auth(extra_origins=[f"{OTHER}:8443"])
+    extra = router.route(host="other.example", port=8443).respond(200)
+    default_port = router.route(host="other.example", port=443).respond(200)
+    async with httpx.AsyncClient(auth=auth) as client:
+        await client.get(f"{OTHER}:8443/v1/charges")
+        await client.get(f"{OTHER}/v1/charges")
+        await client.get(f"{API}/charges")
+    assert authorizations(extra) == [tokens.bearer(0)]
+    assert sent(extra).headers["ALG-API-VERSION"] == "1709847567"
+    assert authorizations(default_port) == [None]
+    assert authorizations(api) == [tokens.bearer(0)]
+    assert tokens.calls == 1
+
+
+async def test_extra_origins_accepts_a_single_string() -> None:
+    """A single origin string is one origin, not a sequence of characters."""
+    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, extra_origins=f"{OTHER}:8443")) as auth:
+        assert auth.applies_to(httpx.URL(f"{OTHER}:8443/x")) is True
+        assert auth.applies_to(httpx.URL(f"{API}/x")) is True
+        assert auth.applies_to(httpx.URL(f"{OTHER}/x")) is False
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://other.example", "https://other.example/path", "https://user:pw@other.example", ""],
+)
+async def test_extra_origins_are_checked(origin: str) -> None:
+    """A plain-http, path-carrying, credential-carrying or empty extra origin is refused."""
+    with pytest.raises(ConfigurationError):
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET, extra_origins=[origin])
+
+
+@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize(
+    "target",
+    [f"{OTHER}/landing", f"http://{API_HOST}/landing", f"https://{API_HOST}:8443/landing"],
+)
+async def test_redirect_to_another_origin_carries_no_token(
+    auth: PaymeAuth,
+    tokens: TokenEndpoint,
+    router: respx.MockRouter,
+    status: int,
+    target: str,
+) -> None:
+    """A redirect from the API to another origin arrives there without Authorization."""
+    landing = router.route(url=target).respond(200, text="landed")
+    start = router.get(f"{API}/charges/m/1/2").respond(status, headers={"Location": target})
+    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+        response = await client.get(f"{API}/charges/m/1/2")
+    assert response.status_code == 200
+    assert response.text == "landed"
+    assert authorizations(start) == [tokens.bearer(0)]
+    assert landing.call_count == 1
+    assert "Authorization" not in sent(landing).headers
+    assert tokens.calls == 1
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_same_origin_redirect_keeps_the_token(
+    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter, status: int
+) -> None:
+    """A redirect within the API origin keeps Authorization and ALG-API-VERSION."""
+    start = router.get(f"{API}/old").respond(status, headers={"Location": "/new"})
+    landing = router.get(f"{API}/new").respond(200)
+    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+        response = await client.get(f"{API}/old")
+    assert response.status_code == 200
+    assert authorizations(start) == authorizations(landing) == [tokens.bearer(0)]
+    assert sent(landing).headers["ALG-API-VERSION"] == "1709847567"
+    assert tokens.calls == 1
+
+
+async def test_loopback_environment_works_over_http(
+    make_auth: AuthFactory, router: respx.MockRouter
+) -> None:
+    """A custom loopback Environment gets its token over http and sends it to its own origin."""
+    environment = Environment(token_url="http://127.0.0.1:9/token", audience="http://127.0.0.1:9/")
+    loopback_tokens = TokenEndpoint(router, "http://127.0.0.1:9/token")
+    charges = router.post("http://127.0.0.1:9/charges").respond(201)
+    other_port = router.get("http://127.0.0.1:10/charges").respond(200)
+    by_name = router.get("http://localhost:9/charges").respond(200)
+    auth = await make_auth(environment=environment)
+    async with httpx.AsyncClient(auth=auth) as client:
+        assert (await client.post("http://127.0.0.1:9/charges", json={})).status_code == 201
+        await client.get("http://127.0.0.1:10/charges")
+        await client.get("http://localhost:9/charges")
+    assert authorizations(charges) == [loopback_tokens.bearer(0)]
+    assert sent(charges).headers["ALG-API-VERSION"] == API_VERSION
+    body = json.loads(sent(loopback_tokens.route).content)
+    assert body["audience"] == "http://127.0.0.1:9/"
+    assert authorizations(other_port) == [None]
+    assert authorizations(by_name) == [None]
+    assert loopback_tokens.calls == 1
+
+
+# -- the 401 replay ----------------------------------------------------------------------------
+
+
+async def test_a_401_is_replayed_once_with_a_new_token(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 then 200: the caller gets the 200, after exactly two token requests."""
+    api.side_effect = [httpx.Response(401), httpx.Response(200, json={"ok": True})]
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        response = await client.get("/charges/m/1/2")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert [earlier.status_code for earlier in response.history] == [401]
+    assert tokens.calls == 2
+    assert authorizations(api) == [tokens.bearer(0), tokens.bearer(1)]
+    assert [call.request.url.path for call in api.calls] == ["/charges/m/1/2"] * 2
+    replays = [r for r in caplog.records if "replaying once" in r.getMessage()]
+    assert len(replays) == 1
+    assert replays[0].levelno == logging.INFO
+
+
+async def test_a_second_401_goes_back_to_the_caller(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """401 twice: the caller gets the second 401; no third attempt, no third token."""
+    api.side_effect = unauthorized
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        response = await client.get("/charges/m/1/2")
+        assert response.status_code == 401
+        assert api.call_count == 2
+        assert tokens.calls == 2
+        assert authorizations(api) == [tokens.bearer(0), tokens.bearer(1)]
+        # The next request starts with the token from the replay: it was not dropped.
+        api.side_effect = None
+        await client.get("/refund")
+    assert sent(api).headers["Authorization"] == tokens.bearer(1)
+    assert tokens.calls == 2
+
+
+async def test_a_403_is_returned_as_it_is(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A 403 is the caller's answer: no replay, no new token, the token kept."""
+    api.respond(403, json={"message": "Forbidden"})
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        response = await client.delete("/charges/m/1")
+        assert response.status_code == 403
+        assert response.json() == {"message": "Forbidden"}
+        await client.get("/refund")
+    assert api.call_count == 2
+    assert tokens.calls == 1
+    assert set(authorizations(api)) == {tokens.bearer(0)}
+
+
+async def _chunks() -> AsyncIterator[bytes]:
+    yield b'{"amount":'
+    yield b"100}"
+
+
+async def test_a_streamed_body_is_not_replayed(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A request whose body is an async stream gets the 401 back: it cannot be sent twice."""
+    api.side_effect = unauthorized
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        response = await client.post("/charges", content=_chunks())
+    assert response.status_code == 401
+    assert api.call_count == 1
+    assert sent(api).content == b'{"amount":100}'
+    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+    assert tokens.calls == 1
+
+
+async def test_a_401_on_a_streamed_body_still_drops_the_token(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """After a 401 on a streamed body, the next request goes out with a new token."""
+
+    def reject_first_token(request: httpx.Request) -> httpx.Response:
+        if request.headers["Authorization"] == tokens.bearer(0):
+            return httpx.Response(401)
+        return httpx.Response(200)
+
+    api.side_effect = reject_first_token
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        first = await client.post("/charges", content=_chunks())
+        assert first.status_code == 401
+        second = await client.post("/charges", content=_chunks())
+    assert second.status_code == 200
+    assert authorizations(api) == [tokens.bearer(0), tokens.bearer(1)]
+    assert tokens.calls == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"json": {"amount": 100, "currency": "PEN"}},
+        {"content": b"\x00raw bytes\xff"},
+        {"data": {"field": "value"}},
+    ],
+    ids=["json", "bytes", "form"],
+)
+async def test_a_replayable_body_is_replayed_unchanged(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route, body: dict[str, Any]
+) -> None:
+    """A JSON, bytes or form body is sent again, byte for byte, with its headers."""
+    api.side_effect = [httpx.Response(401), httpx.Response(201)]
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        response = await client.post("/charges", **body)
+    assert response.status_code == 201
+    first, replay = sent(api, 0), sent(api, 1)
+    assert first.content == replay.content != b""
+    assert first.headers.get("Content-Type") == replay.headers.get("Content-Type")
+    assert first.headers["Content-Length"] == replay.headers["Content-Length"]
+    assert [first.headers["Authorization"], replay.headers["Authorization"]] == [
+        tokens.bearer(0),
+        tokens.bearer(1),
+    ]
+    if "json" in body:
+        assert json.loads(replay.content) == body["json"]
+
+
+async def test_concurrent_401s_for_one_token_cause_one_new_token(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A hundred requests refused with the same token fetch exactly one new token, then pass."""
+    crowd = 100
+    stale = 0
+    everyone_refused = anyio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal stale
+        if request.headers["Authorization"] == tokens.bearer(0):
+            stale += 1
+            if stale == crowd:
+                everyone_refused.set()
+            await everyone_refused.wait()
+            return httpx.Response(401)
+        return httpx.Response(200)
+
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        await auth.get_token()
+        api.side_effect = answer
+
+        async def call(number: int) -> None:
+            statuses.append((await client.get(f"/charges/m/{number}/1")).status_code)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for number in range(crowd):
+                    tg.start_soon(call, number)
+    assert statuses == [200] * crowd
+    assert stale == crowd
+    assert tokens.calls == 2
+    assert api.call_count == 2 * crowd
+    assert authorizations(api).count(tokens.bearer(1)) == crowd
+
+
+async def test_a_401_after_a_cross_origin_redirect_keeps_the_token(
+    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter
+) -> None:
+    """A 401 from the host a redirect led to goes to the caller and does not drop our token."""
+    landing = router.post(f"{OTHER}/3ds").respond(401)
+    start = router.post(f"{API}/charges").respond(307, headers={"Location": f"{OTHER}/3ds"})
+    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+        response = await client.post(f"{API}/charges", json={"amount": 1})
+    assert response.status_code == 401
+    assert response.url == f"{OTHER}/3ds"
+    assert start.call_count == 1
+    assert landing.call_count == 1
+    assert tokens.calls == 1
+    assert (await auth.get_token()).value == tokens.issued[0]
+    assert tokens.calls == 1
+
+
+async def test_a_401_after_a_same_origin_redirect_is_replayed(
+    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter
+) -> None:
+    """A 401 at the end of a redirect within the API origin is replayed with a new token."""
+    start = router.get(f"{API}/old").respond(307, headers={"Location": "/new"})
+    landing = router.get(f"{API}/new")
+    landing.side_effect = [httpx.Response(401), httpx.Response(200)]
+    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+        response = await client.get(f"{API}/old")
+    assert response.status_code == 200
+    assert tokens.calls == 2
+    assert authorizations(start) == [tokens.bearer(0), tokens.bearer(1)]
+    assert authorizations(landing) == [tokens.bearer(0), tokens.bearer(1)]
+
+
+async def test_invalidate_compares_then_drops(auth: PaymeAuth, tokens: TokenEndpoint) -> None:
+    """invalidate(token) drops only that token if still cached; invalidate() drops any."""
+    assert auth.invalidate() is False
+    old = await auth.get_token()
+    assert auth.invalidate(old) is True
+    assert auth.invalidate(old) is False
+    newer = await auth.get_token()
+    assert tokens.calls == 2
+    assert newer.value == tokens.issued[1]
+    assert auth.invalidate(old) is False
+    assert await auth.get_token() is newer
+    assert tokens.calls == 2
+    newest = await auth.refresh()
+    assert auth.invalidate(newer) is False
+    assert (await auth.headers())["Authorization"] == newest.authorization
+    assert tokens.calls == 3
+    assert auth.invalidate() is True
+    assert auth.invalidate() is False
+    assert (await auth.get_token()).value == tokens.issued[3]
+    assert tokens.calls == 4
+
+
+# -- token endpoint failures -------------------------------------------------------------------
+
+
+async def test_refused_credentials_reach_the_caller(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A 401 from the token URL raises InvalidCredentialsError from client.get; no API call."""
+    tokens.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        with pytest.raises(InvalidCredentialsError) as caught:
+            await client.get("/charges/m/1/2")
+    assert caught.value.status_code == 401
+    assert CLIENT_SECRET not in str(caught.value)
+    assert tokens.calls == 1
+    assert api.call_count == 0
+
+
+async def test_an_unavailable_endpoint_reaches_the_caller_after_retries(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """503s from the token URL raise TokenEndpointUnavailableError after 3 attempts."""
+    tokens.answers.extend([httpx.Response(503)] * 3)
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        with pytest.raises(TokenEndpointUnavailableError) as caught:
+            await client.post("/charges", json={"amount": 1})
+        assert caught.value.attempts == 3
+        assert caught.value.status_code == 503
+        assert tokens.calls == 3
+        assert api.call_count == 0
+        # Nothing failed is cached: the next request fetches afresh and goes through.
+        assert (await client.get("/refund")).status_code == 200
+    assert tokens.calls == 4
+    assert authorizations(api) == [tokens.bearer(0)]
+
+
+async def test_a_failed_renewal_after_a_401_reaches_the_caller(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """When the token for the replay cannot be had, the caller gets the typed error."""
+    api.side_effect = unauthorized
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        await auth.get_token()
+        tokens.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+        with pytest.raises(InvalidCredentialsError):
+            await client.get("/refund")
+    assert api.call_count == 1
+    assert tokens.calls == 2
+
+
+async def test_a_closed_auth_sends_nothing(tokens: TokenEndpoint, api: respx.Route) -> None:
+    """After aclose(), an API request raises AuthClosedError and nothing is sent."""
+    auth = PaymeAuth(CLIENT_ID, CLIENT_SECRET)
+    await auth.get_token()
+    await auth.aclose()
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        with pytest.raises(AuthClosedError):
+            await client.get("/refund")
+    with pytest.raises(AuthClosedError):
+        await auth.headers()
+    assert api.call_count == 0
+    assert tokens.calls == 1
+
+
+# -- headers() for other clients ---------------------------------------------------------------
+
+
+async def test_headers_are_exactly_the_two(auth: PaymeAuth, tokens: TokenEndpoint) -> None:
+    """headers() gives exactly Authorization and ALG-API-VERSION, from the cached token."""
+    headers = await auth.headers()
+    assert headers == {"Authorization": tokens.bearer(0), "ALG-API-VERSION": "1709847567"}
+    assert await auth.headers() == headers
+    assert tokens.calls == 1
+
+
+async def test_headers_use_the_environment_api_version(
+    make_auth: AuthFactory, router: respx.MockRouter
+) -> None:
+    """A custom api_version is the ALG-API-VERSION that headers() and the flow send."""
+    environment = Environment(
+        token_url="https://auth.example/token", audience="https://api.example/", api_version="7"
+    )
+    custom_tokens = TokenEndpoint(router, "https://auth.example/token")
+    route = router.get("https://api.example/charges").respond(200)
+    auth = await make_auth(environment=environment)
+    assert await auth.headers() == {
+        "Authorization": custom_tokens.bearer(0),
+        "ALG-API-VERSION": "7",
+    }
+    async with httpx.AsyncClient(auth=auth) as client:
+        await client.get("https://api.example/charges")
+    assert sent(route).headers["ALG-API-VERSION"] == "7"
+    assert custom_tokens.calls == 1
+
+
+# -- no lock across yield, cancellation --------------------------------------------------------
+
+
+async def test_flows_suspended_at_their_yields_block_nothing(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """While flows sit at their first or replay yield, other requests and renewals complete."""
+    waiting = auth.async_auth_flow(httpx.Request("GET", f"{API}/a"))
+    first = await waiting.__anext__()
+    replaying = auth.async_auth_flow(httpx.Request("GET", f"{API}/b"))
+    second = await replaying.__anext__()
+    assert first.headers["Authorization"] == second.headers["Authorization"] == tokens.bearer(0)
+    with anyio.fail_after(2):
+        # The second flow's 401 renews the token while the first is suspended at its yield.
+        replay = await replaying.asend(httpx.Response(401, request=second))
+        assert replay.headers["Authorization"] == tokens.bearer(1)
+        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+            assert (await client.get("/refund")).status_code == 200
+        assert (await auth.refresh()).value == tokens.issued[2]
+        assert (await auth.headers())["Authorization"] == tokens.bearer(2)
+    assert authorizations(api) == [tokens.bearer(1)]
+    await waiting.aclose()
+    await replaying.aclose()
+
+
+async def test_an_abandoned_flow_blocks_nothing(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A flow closed at its first yield leaves every later request free to complete."""
+    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    await flow.__anext__()
+    await flow.aclose()
+    with anyio.fail_after(2):
+        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+            assert (await client.get("/refund")).status_code == 200
+        other = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+        assert (await other.__anext__()).headers["Authorization"] == tokens.bearer(0)
+        await other.aclose()
+    assert tokens.calls == 1
+
+
+async def test_a_flow_abandoned_at_the_replay_blocks_nothing(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A flow closed at its replay yield leaves the new token usable by later requests."""
+    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    first = await flow.__anext__()
+    await flow.asend(httpx.Response(401, request=first))
+    await flow.aclose()
+    with anyio.fail_after(2):
+        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+            assert (await client.get("/refund")).status_code == 200
+    assert tokens.calls == 2
+    assert authorizations(api) == [tokens.bearer(1)]
+
+
+async def test_a_flow_closed_from_another_task_blocks_nothing(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A flow suspended at its yield and closed by another task leaves the auth usable."""
+    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    await flow.__anext__()
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flow.aclose)
+        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+            assert (await client.get("/refund")).status_code == 200
+    assert tokens.calls == 1
+
+
+async def test_a_request_cancelled_at_the_api_leaves_the_auth_usable(
+    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A client.get cancelled while the API is answering leaves the next request working."""
+
+    arrived: list[httpx.Request] = []
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        arrived.append(request)
+        await anyio.sleep(10)
+        return httpx.Response(200)  # pragma: no cover - always cancelled
+
+    api.side_effect = hang
+    await auth.get_token()  # so that the cancellation lands at the API, not the token fetch
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        with anyio.move_on_after(0.05) as scope:
+            await client.get("/charges/m/1/2")
+        assert scope.cancelled_caught
+        assert [request.headers["Authorization"] for request in arrived] == [tokens.bearer(0)]
+        api.side_effect = None
+        with anyio.fail_after(2):
+            response = await client.get("/charges/m/1/2")
+    assert response.status_code == 200
+    assert tokens.calls == 1
+    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+
+
+async def test_a_request_cancelled_while_fetching_leaves_the_auth_usable(
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """A client.get cancelled during the token fetch leaves the next request working."""
+    auth = await make_auth()
+    tokens.delay = 0.3
+    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        with anyio.move_on_after(0.05) as scope:
+            await client.get("/refund")
+        assert scope.cancelled_caught
+        assert api.call_count == 0
+        with anyio.fail_after(2):
+            response = await client.get("/refund")
+    assert response.status_code == 200
+    assert authorizations(api) == [tokens.bearer(0)]
+    assert len(tokens.issued) == 1
+
+
+# -- life cycle and a borrowed http_client -----------------------------------------------------
+
+
+async def test_async_with_opens_and_closes(tokens: TokenEndpoint, api: respx.Route) -> None:
+    """Inside async with, requests are authenticated; after it, the auth refuses to fetch."""
+    async with (
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET) as auth,
+        httpx.AsyncClient(base_url=API, auth=auth) as client,
+    ):
+        assert (await client.get("/refund")).status_code == 200
+    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+    with pytest.raises(AuthClosedError):
+        await auth.get_token()
+    await auth.aclose()
+    assert tokens.calls == 1
+
+
+async def test_a_borrowed_client_is_used_but_not_changed(
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, router: respx.MockRouter
+) -> None:
+    """A borrowed client sends the token request without its own auth, and is left as it was."""
+    basic = httpx.BasicAuth("u", "p")
+    async with httpx.AsyncClient(
+        auth=basic, follow_redirects=True, headers={"X-Team": "payments"}
+    ) as borrowed:
+        headers_before = list(borrowed.headers.multi_items())
+        auth = await make_auth(http_client=borrowed)
+        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+            assert (await client.get("/refund")).status_code == 200
+        await auth.aclose()
+        token_request = sent(tokens.route)
+        assert "Authorization" not in token_request.headers
+        assert json.loads(token_request.content)["client_id"] == CLIENT_ID
+        assert sent(api).headers["Authorization"] == tokens.bearer(0)
+        assert borrowed.is_closed is False
+        assert borrowed.auth is basic
+        assert borrowed.follow_redirects is True
+        assert list(borrowed.headers.multi_items()) == headers_before
+        # Still usable, with its own auth, for its owner.
+        own = router.get(f"{OTHER}/own").respond(204)
+        assert (await borrowed.get(f"{OTHER}/own")).status_code == 204
+        assert sent(own).headers["Authorization"] == "Basic dTpw"  # base64("u:p")
+    assert tokens.calls == 1
+
+
+async def test_a_borrowed_client_does_not_follow_token_redirects(
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, router: respx.MockRouter
+) -> None:
+    """A token URL answering 307 is an error, even if the borrowed client follows redirects."""
+    elsewhere = router.post("https://elsewhere.example/token").respond(200, json=token_answer())
+    tokens.answers.append(
+        httpx.Response(307, headers={"Location": "https://elsewhere.example/token"})
+    )
+    async with httpx.AsyncClient(follow_redirects=True) as borrowed:
+        auth = await make_auth(http_client=borrowed)
+        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+            with pytest.raises(TokenResponseError) as caught:
+                await client.get("/refund")
+        assert caught.value.status_code == 307
+        assert borrowed.is_closed is False
+    assert elsewhere.call_count == 0
+    assert api.call_count == 0
+    assert tokens.calls == 1
+
+
+async def test_the_api_client_can_be_borrowed_for_tokens(
+    tokens: TokenEndpoint, api: respx.Route
+) -> None:
+    """The API client itself can send token requests: they do not go through PaymeAuth."""
+    async with httpx.AsyncClient(base_url=API) as client:
+        async with PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=client) as auth:
+            with anyio.fail_after(2):
+                response = await client.get("/refund", auth=auth)
+        assert response.status_code == 200
+        assert client.is_closed is False
+    assert "Authorization" not in sent(tokens.route).headers
+    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+    assert tokens.calls == 1
+
+
+async def test_a_synchronous_client_is_refused(router: respx.MockRouter) -> None:
+    """httpx.Client(auth=PaymeAuth(...)) raises ConfigurationError and sends nothing."""
+    route = router.get(f"{API}/refund").respond(200)
+
+    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET)) as auth:
+
+        def send_synchronously() -> None:
+            with httpx.Client(auth=auth) as client:
+                client.get(f"{API}/refund")
+
+        with pytest.raises(ConfigurationError, match="AsyncClient"):
+            await anyio.to_thread.run_sync(send_synchronously)
+    assert route.call_count == 0
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"client_id": 123}, "client_id must be a string"),
+        ({"client_id": ""}, "client_id must be non-empty"),
+        ({"client_id": " id"}, "client_id must be non-empty"),
+        ({"client_id": "x" * 1025}, "at most 1024"),
+        ({"client_id": "id\n"}, "client_id must be non-empty"),
+        ({"client_id": "i\td"}, "printable"),
+        ({"client_secret": None}, "client_secret must be a string"),
+        ({"client_secret": f"{CLIENT_SECRET} "}, "client_secret must be non-empty"),
+        ({"client_secret": f"{CLIENT_SECRET}\x00"}, "client_secret must be at most"),
+        ({"environment": "preprod"}, "environment must be an Environment"),
+        ({"http_client": object()}, "http_client must be an httpx.AsyncClient"),
+        ({"retry": 3}, "retry must be a RetryPolicy"),
+        ({"assumed_expires_in": 0}, "assumed_expires_in"),
+        ({"assumed_expires_in": True}, "assumed_expires_in"),
+        ({"assumed_expires_in": 1.5}, "assumed_expires_in"),
+        ({"assumed_expires_in": 10**9}, "assumed_expires_in"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"timeout": httpx.Timeout(5.0, read=None)}, "must bound every phase"),
+        ({"refresh_margin": -1}, "refresh_margin"),
+        ({"extra_origins": 443}, "extra_origins must be a list"),
+        ({"clock": 1000.0}, "clock must be a callable"),
+    ],
+)
+async def test_invalid_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    """A bad setting raises ConfigurationError naming it, and never shows the secret."""
+    arguments: dict[str, Any] = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    arguments.update(kwargs)
+    with pytest.raises(ConfigurationError, match=match) as caught:
+        PaymeAuth(**arguments)
+    assert CLIENT_SECRET not in str(caught.value)
+
+
+async def test_a_synchronous_http_client_is_refused() -> None:
+    """A synchronous httpx.Client is not accepted as http_client."""
+    with httpx.Client() as sync_client, pytest.raises(ConfigurationError, match="AsyncClient"):
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=sync_client)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value", [5, 2.5, httpx.Timeout(5.0), httpx.Timeout(1.0, connect=2.0, pool=3.0)]
+)
+async def test_valid_timeouts_are_accepted(value: float | httpx.Timeout) -> None:
+    """A positive number of seconds, or a Timeout that bounds every phase, is accepted."""
+    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, timeout=value)) as auth:
+        assert auth.client_id == CLIENT_ID
+
+
+@pytest.mark.parametrize("assumed", [None, 1, 300])
+async def test_valid_assumed_lifetimes_are_accepted(assumed: int | None) -> None:
+    """None or a positive whole number of seconds is a valid assumed_expires_in."""
+    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, assumed_expires_in=assumed)) as auth:
+        assert auth.client_id == CLIENT_ID
+
+
+async def test_repr_names_the_client_but_no_secret() -> None:
+    """repr() shows the client id, environment and scopes, never the secret."""
+    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, scopes=[Scope.POST_CHARGES])) as auth:
+        assert repr(auth) == (
+            f"PaymeAuth(client_id={CLIENT_ID!r}, environment='preprod', "
+            "scopes='create:token post:charges')"
+        )
+        assert CLIENT_SECRET not in repr(auth)
+        assert auth.scopes == ("create:token", "post:charges")
+        assert auth.environment is Environment.PREPROD
+
+
+async def test_from_env_reads_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """from_env() builds a PaymeAuth from PAYME_* variables; keyword arguments override them."""
+    for name in ("PAYME_TOKEN_URL", "PAYME_AUDIENCE", "PAYME_API_VERSION", "PAYME_SCOPES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PAYME_CLIENT_ID", "env-client")
+    monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("PAYME_ENVIRONMENT", "production")
+    async with aclosing(PaymeAuth.from_env()) as auth:
+        assert auth.client_id == "env-client"
+        assert auth.environment is Environment.PRODUCTION
+        assert auth.applies_to(httpx.URL("https://api.alignet.io/charges")) is True
+        assert auth.applies_to(httpx.URL(f"{API}/charges")) is False
+    overridden = PaymeAuth.from_env(client_id="other", environment=Environment.PREPROD)
+    async with aclosing(overridden):
+        assert overridden.client_id == "other"
+        assert overridden.environment is Environment.PREPROD
+    # A setting given as an argument is not read from the environment at all.
+    monkeypatch.setenv("PAYME_ENVIRONMENT", "no-such-environment")
+    with pytest.raises(ConfigurationError, match="no-such-environment"):
+        PaymeAuth.from_env()
+    async with aclosing(PaymeAuth.from_env(environment=Environment.PREPROD)) as auth:
+        assert auth.environment is Environment.PREPROD
+
+
+@pytest.mark.parametrize("missing", ["PAYME_CLIENT_ID", "PAYME_CLIENT_SECRET"])
+async def test_from_env_names_a_missing_variable(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    """from_env() without a credential variable raises ConfigurationError naming it."""
+    for name in ("PAYME_TOKEN_URL", "PAYME_AUDIENCE", "PAYME_ENVIRONMENT", "PAYME_SCOPES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PAYME_CLIENT_ID", "env-client")
+    monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.delenv(missing)
+    with pytest.raises(ConfigurationError, match=f"{missing} is not set"):
+        PaymeAuth.from_env()
