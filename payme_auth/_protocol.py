@@ -153,6 +153,9 @@ def build_token_request(
         headers={
             "Content-Type": "application/json",
             "Accept": "application/json",
+            # A token answer is about a kilobyte: compression buys nothing, and an
+            # uncompressed body is what the size limit measures.
+            "Accept-Encoding": "identity",
             "ALG-API-VERSION": environment.api_version,
         },
         content=json.dumps(body, separators=(",", ":")).encode(),

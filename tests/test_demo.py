@@ -45,3 +45,24 @@ def test_module_entry_point_reports_its_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.strip() == f"payme-auth {__version__}"
+
+
+def test_demo_verbose_logs_fetches_without_secrets(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """--verbose shows payme_auth's log: the token fetch, by fingerprint only."""
+    assert main(["demo", "--requests", "5", "--verbose"]) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("obtained token ") for message in messages)
+    assert "HTTP 200 x5" in capsys.readouterr().out
+
+
+def test_demo_without_uvicorn_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the emulator extra, the demo exits 2 with one line naming what to install."""
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("payme-auth: ")
+    assert "payme-auth[emulator]" in err

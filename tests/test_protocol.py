@@ -107,6 +107,7 @@ def test_build_token_request_is_the_documented_one() -> None:
     assert dict(request.headers) == {
         "Content-Type": "application/json",
         "Accept": "application/json",
+        "Accept-Encoding": "identity",
         "ALG-API-VERSION": "1709847567",
     }
 

@@ -119,6 +119,7 @@ async def test_token_request_is_the_documented_one(server: TokenServer) -> None:
     assert request.method == "POST"
     assert request.headers["content-type"] == "application/json"
     assert request.headers["alg-api-version"] == "1709847567"
+    assert request.headers["accept-encoding"] == "identity"
     assert "authorization" not in request.headers
     import json
 
@@ -661,3 +662,21 @@ async def test_fetch_started_just_before_closing_does_not_go_out(server: TokenSe
 async def _expect_closed(auth: PaymeAuth) -> None:
     with pytest.raises(AuthClosedError):
         await auth.get_token()
+
+
+# httpx leaves its raw-bytes iterator suspended when its own decoder fails, and trio reports
+# that generator when it is collected; the error raised to the caller is what is tested here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_undecodable_answer_is_a_response_error(server: TokenServer) -> None:
+    """A body that claims gzip but is not gives TokenResponseError, not a raw httpx error."""
+
+    async def not_gzip() -> AsyncIterator[bytes]:
+        yield b"not gzip at all"
+
+    server.answers.append(
+        httpx.Response(200, content=not_gzip(), headers={"Content-Encoding": "gzip"})
+    )
+    auth = make_auth()
+    with pytest.raises(TokenResponseError, match="could not be read"):
+        await auth.get_token()
+    assert server.calls == 1
