@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -17,6 +17,7 @@ from payme_auth import (
     AuthClosedError,
     InvalidCredentialsError,
     PaymeAuth,
+    PaymeAuthError,
     RetryPolicy,
     TokenEndpointUnavailableError,
     TokenRefusedError,
@@ -86,6 +87,30 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.001)
 
 
+async def crowd(
+    server: TokenServer, count: int, call: Callable[[], Awaitable[AccessToken]]
+) -> list[AccessToken | PaymeAuthError]:
+    """Run *count* concurrent calls while the next token request is held, then release it."""
+    outcomes: list[AccessToken | PaymeAuthError] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await call())
+        except PaymeAuthError as error:
+            outcomes.append(error)
+
+    before = server.arrived
+    server.hold()
+    async with anyio.create_task_group() as tg:
+        for _ in range(count):
+            tg.start_soon(one)
+        await wait_until(lambda: server.arrived == before + 1)
+        await anyio.sleep(0.01)  # let every caller reach the flight
+        server.release()
+    assert len(outcomes) == count
+    return outcomes
+
+
 # -- caching ---------------------------------------------------------------------------------
 
 
@@ -143,21 +168,10 @@ async def test_concurrent_callers_share_one_request(server: TokenServer, entered
     auth = make_auth()
     if entered:
         await auth.__aenter__()
-    results: list[AccessToken] = []
-
-    async def call() -> None:
-        results.append(await auth.get_token())
-
-    server.hold()
-    async with anyio.create_task_group() as tg:
-        for _ in range(CROWD):
-            tg.start_soon(call)
-        await wait_until(lambda: server.arrived == 1)
-        await anyio.sleep(0.01)
-        server.release()
+    results = await crowd(server, CROWD, auth.get_token)
     assert server.calls == 1
-    assert len(results) == CROWD
     assert len({id(token) for token in results}) == 1
+    assert isinstance(results[0], AccessToken)
     await auth.aclose()
 
 
@@ -168,22 +182,8 @@ async def test_concurrent_callers_share_one_failure(server: TokenServer, entered
     if entered:
         await auth.__aenter__()
     server.answers.append(httpx.Response(401, json={"error": "access_denied"}))
-    errors: list[BaseException] = []
-
-    async def call() -> None:
-        try:
-            await auth.get_token()
-        except InvalidCredentialsError as error:
-            errors.append(error)
-
-    server.hold()
-    async with anyio.create_task_group() as tg:
-        for _ in range(CROWD):
-            tg.start_soon(call)
-        await wait_until(lambda: server.arrived == 1)
-        server.release()
+    errors = await crowd(server, CROWD, auth.get_token)
     assert server.calls == 1
-    assert len(errors) == CROWD
     assert {type(error) for error in errors} == {InvalidCredentialsError}
     await auth.aclose()
 
@@ -224,22 +224,12 @@ async def test_traceback_does_not_grow_across_waiters(server: TokenServer) -> No
     auth = make_auth()
     server.answers.append(httpx.Response(401))
     depths: list[int] = []
-
-    async def call() -> None:
-        try:
-            await auth.get_token()
-        except InvalidCredentialsError as error:
-            tb, depth = error.__traceback__, 0
-            while tb is not None:
-                tb, depth = tb.tb_next, depth + 1
-            depths.append(depth)
-
-    server.hold()
-    async with anyio.create_task_group() as tg:
-        for _ in range(20):
-            tg.start_soon(call)
-        await wait_until(lambda: server.arrived == 1)
-        server.release()
+    for error in await crowd(server, 20, auth.get_token):
+        assert isinstance(error, InvalidCredentialsError)
+        tb, depth = error.__traceback__, 0
+        while tb is not None:
+            tb, depth = tb.tb_next, depth + 1
+        depths.append(depth)
     assert len(depths) == 20
     assert max(depths) - min(depths) <= 3
 
@@ -402,19 +392,11 @@ async def test_refresh_forces_a_new_token_and_is_shared(server: TokenServer) -> 
     """refresh() replaces a fresh token; concurrent refreshes share one request."""
     auth = make_auth()
     first = await auth.get_token()
-    results: list[AccessToken] = []
-
-    async def refresh() -> None:
-        results.append(await auth.refresh())
-
-    server.hold()
-    async with anyio.create_task_group() as tg:
-        for _ in range(20):
-            tg.start_soon(refresh)
-        await wait_until(lambda: server.arrived == 2)
-        server.release()
+    results = await crowd(server, 20, auth.refresh)
     assert server.calls == 2
-    assert {token.value for token in results} == {server.issued[1]}
+    tokens = [token for token in results if isinstance(token, AccessToken)]
+    assert len(tokens) == 20
+    assert {token.value for token in tokens} == {server.issued[1]}
     assert results[0] is not first
     assert await auth.get_token() is results[0]
 
