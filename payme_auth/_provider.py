@@ -177,6 +177,7 @@ class TokenProvider:
                 return token
             flight = self._flight
             if flight is None:
+                self._log_start(forced=not accept_cached)
                 flight = self._flight = _Flight()
                 if self._task_group is not None:
                     self._start_in_background(self._task_group, flight)
@@ -188,6 +189,17 @@ class TokenProvider:
             if not flight.abandoned:
                 return flight.outcome()
             # The leader was cancelled before it landed: go round, and lead or join anew.
+
+    def _log_start(self, *, forced: bool) -> None:
+        stale = self._token
+        if forced:
+            logger.info("refreshing the token on request")
+        elif stale is not None:
+            logger.info(
+                "renewing token %s (%.0f s of its life left)",
+                stale.fingerprint,
+                stale.remaining(self._clock()),
+            )
 
     async def _fly(self, flight: _Flight) -> None:
         try:

@@ -662,3 +662,18 @@ async def test_undecodable_answer_is_a_response_error(server: TokenServer) -> No
     with pytest.raises(TokenResponseError, match="could not be read"):
         await auth.get_token()
     assert server.calls == 1
+
+
+async def test_renewals_and_refreshes_are_logged(
+    server: TokenServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal names the old token's fingerprint and time left; a refresh says it was asked."""
+    server.answers.extend([_answer(expires_in=100), _answer(expires_in=100)])
+    auth = make_auth(clock, refresh_margin=30)
+    first = await auth.get_token()
+    clock.advance(80)
+    await auth.get_token()
+    await auth.refresh()
+    messages = [record.getMessage() for record in caplog.records if record.levelname == "INFO"]
+    assert f"renewing token {first.fingerprint} (20 s of its life left)" in messages
+    assert "refreshing the token on request" in messages
