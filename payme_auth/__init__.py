@@ -30,7 +30,7 @@ from ._errors import (
     TokenRefusedError,
     TokenResponseError,
 )
-from ._protocol import RetryPolicy
+from ._policy import RetryPolicy
 from ._token import AccessToken
 
 try:

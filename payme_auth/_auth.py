@@ -32,8 +32,11 @@ from ._config import (
     parse_origin,
 )
 from ._errors import ConfigurationError
-from ._protocol import MAX_EXPIRES_IN, RetryPolicy, _check_seconds
-from ._provider import TokenProvider, logger
+from ._fetcher import TokenFetcher, logger
+from ._policy import RetryPolicy, check_seconds
+from ._protocol import MAX_EXPIRES_IN
+from ._provider import TokenProvider
+from ._stats import AuthStats
 from ._token import AccessToken
 
 __all__ = ["PaymeAuth"]
@@ -64,7 +67,7 @@ def _timeouts(timeout: float | httpx.Timeout) -> tuple[httpx.Timeout, float]:
                 "a token request that can hang forever would hang every caller"
             )
         return timeout, float(sum(part for part in parts if part is not None))
-    seconds = _check_seconds("timeout", timeout)
+    seconds = check_seconds("timeout", timeout)
     if seconds <= 0:
         raise ConfigurationError(f"timeout must be > 0, not {timeout!r}")
     return httpx.Timeout(seconds), seconds
@@ -97,6 +100,9 @@ class PaymeAuth(httpx.Auth):
             included. Default: all four documented scopes.
         refresh_margin: renew the token when fewer than this many seconds of its life remain;
             callers then wait for the new one. Capped at half the token's lifetime.
+        advisory_ratio: how far into its life, up to the refresh margin, a token is renewed
+            in the background while every caller keeps using it without waiting (2/3 by
+            default). ``None`` renews only inside the refresh margin.
         timeout: the token request's timeout in seconds, for the whole request, or an
             :class:`httpx.Timeout` bounding each phase.
         http_client: an :class:`httpx.AsyncClient` to send token requests with. It is
@@ -126,6 +132,7 @@ class PaymeAuth(httpx.Auth):
         retry: RetryPolicy | None = None,
         extra_origins: Iterable[str] = (),
         assumed_expires_in: int | None = 300,
+        advisory_ratio: float | None = 2 / 3,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.client_id = _check_credential("client_id", client_id, secret=False)
@@ -164,19 +171,33 @@ class PaymeAuth(httpx.Auth):
             {environment.api_origin, *map(parse_origin, extra_origins)}
         )
         self._api_version = environment.api_version
-        self._provider = TokenProvider(
+        ratio: object = advisory_ratio
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1
+        ):
+            raise ConfigurationError(
+                f"advisory_ratio must be a number in (0, 1] or None, not {advisory_ratio!r}"
+            )
+        clock = clock or time.monotonic
+        fetcher = TokenFetcher(
+            environment=environment,
             client_id=self.client_id,
             client_secret=secret,
-            environment=environment,
             scopes=normalize_scopes(scopes),
-            refresh_margin=_check_seconds("refresh_margin", refresh_margin),
             timeout=http_timeout,
             attempt_timeout=attempt_timeout,
-            retry=retry or RetryPolicy(),
             http_client=http_client,
             assumed_expires_in=assumed_expires_in,
-            clock=clock or time.monotonic,
+            clock=clock,
         )
+        self._provider = TokenProvider(
+            fetcher,
+            refresh_margin=check_seconds("refresh_margin", refresh_margin),
+            advisory_ratio=advisory_ratio,
+            retry=retry or RetryPolicy(),
+            clock=clock,
+        )
+        self._scopes = fetcher.scopes
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PaymeAuth:
@@ -207,7 +228,7 @@ class PaymeAuth(httpx.Auth):
     @property
     def scopes(self) -> tuple[str, ...]:
         """The scopes requested, in order."""
-        return self._provider.scopes
+        return self._scopes
 
     async def get_token(self) -> AccessToken:
         """Return a valid access token: the cached one, or a new one when it is due.
@@ -249,6 +270,17 @@ class PaymeAuth(httpx.Auth):
         token = await self.get_token()
         return {"Authorization": token.authorization, "ALG-API-VERSION": self._api_version}
 
+    def stats(self) -> AuthStats:
+        """A snapshot of the token's state and of what this PaymeAuth has done.
+
+        Holds no secret; meant for a health endpoint::
+
+            @app.get("/health/payme")
+            async def payme_health() -> dict[str, object]:
+                return attrs.asdict(auth.stats())
+        """
+        return self._provider.stats()
+
     # -- the httpx plug --------------------------------------------------------------------
 
     def applies_to(self, url: httpx.URL) -> bool:
@@ -280,6 +312,7 @@ class PaymeAuth(httpx.Auth):
             # and its next request gets the new token.
             return
         renewed = await provider.get_token()
+        provider.note_replay()
         logger.info(
             "the API answered 401 for token %s to %s %s; replaying once with token %s",
             token.fingerprint,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import email.utils
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -31,7 +30,6 @@ import attrs
 
 from ._config import Environment
 from ._errors import (
-    ConfigurationError,
     InsufficientScopeError,
     InvalidCredentialsError,
     TokenError,
@@ -43,10 +41,8 @@ from ._token import AccessToken
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "Failure",
-    "RetryPolicy",
     "TokenRequest",
     "build_token_request",
-    "effective_margin",
     "parse_retry_after",
     "read_token_response",
 ]
@@ -63,68 +59,6 @@ _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
-
-
-@attrs.frozen(kw_only=True)
-class RetryPolicy:
-    """How hard to try the token endpoint within one fetch.
-
-    Connection errors, timeouts and HTTP 408, 425, 429 and 5xx are retried; refusals never
-    are. The wait before attempt *n + 1* is ``backoff * 2 ** (n - 1)``, capped at
-    ``max_backoff``, times a random factor between 0.5 and 1 (jitter), and never less than
-    the server's ``Retry-After``. A ``Retry-After`` longer than ``max_retry_after`` ends the
-    fetch at once: nothing waits for minutes inside a request.
-
-    Attributes:
-        attempts: the most requests one fetch makes (1 disables retries).
-        backoff: the first wait, in seconds.
-        max_backoff: the longest computed wait, in seconds.
-        max_retry_after: the longest ``Retry-After`` honoured, in seconds.
-    """
-
-    attempts: int = 3
-    backoff: float = 0.5
-    max_backoff: float = 8.0
-    max_retry_after: float = 30.0
-
-    def __attrs_post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise ConfigurationError(f"attempts must be an int, not {self.attempts!r}")
-        if not 1 <= self.attempts <= 100:
-            raise ConfigurationError(f"attempts must be between 1 and 100, not {self.attempts}")
-        for name in ("backoff", "max_backoff", "max_retry_after"):
-            _check_seconds(name, getattr(self, name))
-
-    def delay(self, attempt: int, *, retry_after: float | None, draw: float) -> float | None:
-        """Return how long to wait after failed attempt number *attempt* (1-based).
-
-        ``None`` means: give up now (the attempts ran out, or the server asked for a longer
-        wait than :attr:`max_retry_after`). *draw* is a random number in ``[0, 1)``.
-        """
-        if attempt >= self.attempts:
-            return None
-        if retry_after is not None and retry_after > self.max_retry_after:
-            return None
-        computed = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
-        jittered = computed * (0.5 + draw / 2.0)
-        return max(jittered, retry_after or 0.0)
-
-
-def _check_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"{name} must be a finite number >= 0, not {value!r}")
-    return float(value)
-
-
-def effective_margin(refresh_margin: float, expires_in: float) -> float:
-    """The refresh margin in force for a token living *expires_in* seconds.
-
-    The margin is honoured as given up to half the lifetime and capped at half beyond:
-    a 60 s margin on a 59 s token must not make every call fetch a new one.
-    """
-    return min(refresh_margin, expires_in / 2.0)
 
 
 @attrs.frozen(kw_only=True)

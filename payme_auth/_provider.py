@@ -1,68 +1,58 @@
-"""The token provider: cache, single flight, retries. The only module that does I/O.
+"""The token provider: the cache, its windows, and one flight at a time.
 
 Rules:
-- A fresh cached token is returned with no lock and no await checkpoint.
-- At most one token request is in flight per provider (a *flight*). Every caller that
-  needs a token while it is in the air waits for it and gets its outcome, the token *or the
-  error*: a failing endpoint is hit once per flight, not once per waiter.
-- Cancelling a caller never cancels the flight for the others. Inside ``async with`` the
-  flight runs in the provider's own task group, so no caller's cancellation touches it.
-  Without it the first caller leads the flight; if that caller is cancelled the flight is
+- A fresh cached token is returned with no lock and no await checkpoint; so is a token in
+  its advisory window, where the caller that notices starts one background renewal and
+  goes on without waiting for it. Only inside the refresh margin, or with no token, do
+  callers wait.
+- At most one token fetch is in flight per provider (a *flight*). Every caller that waits
+  while it is in the air gets its outcome, the token *or the error*: a failing endpoint is
+  hit once per flight, not once per waiter.
+- A background renewal's failure is nobody's error: the still-valid token stays in use,
+  the failure is logged, and the renewal is tried again after a pause (a twentieth of the
+  lifetime, 0.05 to 5 s, jittered, never sooner than ``Retry-After``). A caller that had
+  to wait on a background renewal that failed goes round and leads a fetch of its own.
+- A renewal that brings back the same token, or one that expires no later, is not
+  repeated at once: the better token stays in use and renewal pauses as after a failure,
+  even inside the refresh margin, until the token actually expires.
+- Cancelling a caller never cancels a flight for the others. Background renewals, and
+  inside ``async with`` every flight, run in tasks of the provider's own: in its task
+  group when it has one, else as a detached task of the event loop. Without ``async with``
+  a caller that must wait leads the flight itself; if it is cancelled the flight is
   abandoned, every waiter wakes, and one of them leads a new one.
 - Nothing failed or abandoned is cached: the next caller after a failure starts afresh.
-- Owning no HTTP client, the provider opens one per flight and closes it at once (the TLS
-  context is built once, off the event loop), so nothing is left open between fetches.
-  A borrowed client is used as it is and never closed; every token request disables
-  redirects and the client's own auth, so the secret goes nowhere but the token URL.
-- Exceptions from the HTTP stack are not chained into ours: they reference the request,
-  whose body holds the client secret. Their type and message are kept in ours instead.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import math
-import random
-import ssl
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
 from types import TracebackType
 
 import anyio
 import anyio.abc
-import httpx
+import attrs
 
-from ._config import Environment
-from ._errors import (
-    AuthClosedError,
-    PaymeAuthError,
-    TokenEndpointUnavailableError,
-    TokenError,
-    TokenResponseError,
-)
-from ._protocol import (
-    MAX_RESPONSE_BYTES,
-    Failure,
-    RetryPolicy,
-    build_token_request,
-    clean_text,
-    effective_margin,
-    read_token_response,
-)
+from ._errors import AuthClosedError, PaymeAuthError, TokenEndpointUnavailableError, TokenError
+from ._fetcher import TokenFetcher, logger
+from ._policy import RetryPolicy, Windows, renewal_pause
+from ._stats import AuthStats, TokenState
 from ._token import AccessToken
 
 __all__ = ["TokenProvider"]
 
-logger = logging.getLogger("payme_auth")
+_NEVER = Windows(advisory_at=-math.inf, mandatory_at=-math.inf, expires_at=-math.inf)
 
 
 class _Flight:
-    """One token request in the air, and the outcome everyone waiting on it shares."""
+    """One token fetch in the air, and the outcome everyone waiting on it shares."""
 
-    __slots__ = ("abandoned", "done", "error", "token", "traceback")
+    __slots__ = ("abandoned", "background", "done", "error", "token", "traceback")
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool) -> None:
+        self.background = background
         self.done = anyio.Event()
         self.token: AccessToken | None = None
         self.error: Exception | None = None
@@ -90,48 +80,39 @@ class TokenProvider:
 
     def __init__(
         self,
+        fetcher: TokenFetcher,
         *,
-        client_id: str,
-        client_secret: str,
-        environment: Environment,
-        scopes: tuple[str, ...],
         refresh_margin: float,
-        timeout: httpx.Timeout,
-        attempt_timeout: float,
+        advisory_ratio: float | None,
         retry: RetryPolicy,
-        http_client: httpx.AsyncClient | None,
-        assumed_expires_in: int | None,
         clock: Callable[[], float],
     ) -> None:
-        self.environment = environment
-        self.scopes = scopes
+        self._fetcher = fetcher
         self.refresh_margin = refresh_margin
-        self._secret = client_secret
-        self._request = build_token_request(environment, client_id, client_secret, scopes)
-        self._timeout = timeout
-        self._deadline = attempt_timeout
+        self._advisory_ratio = advisory_ratio
         self._retry = retry
-        self._http_client = http_client
-        self._ssl_context: ssl.SSLContext | None = None
-        self._assumed_expires_in = assumed_expires_in
+        self._background_retry = attrs.evolve(retry, attempts=1)
         self._clock = clock
-        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
         self._token: AccessToken | None = None
-        self._refresh_at = -math.inf
+        self._windows = _NEVER
+        self._renew_after = -math.inf  # no background renewal before this
+        self._hold_until = -math.inf  # a fruitless renewal: keep the token until this
         self._flight: _Flight | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._background: set[anyio.CancelScope] = set()
+        self._detached: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.fetches = 0
-        """Token requests sent, retries included."""
+        self._tokens_obtained = self._renewals = self._background_renewals = 0
+        self._failed_fetches = self._failed_renewals = self._replays = 0
+        self._last_error: tuple[str, float] | None = None
 
     # -- the cache -------------------------------------------------------------------------
 
     def current(self) -> AccessToken | None:
-        """The cached token if it is outside the refresh margin, else ``None``. No I/O."""
+        """The cached token if it is before its advisory window, else ``None``. No I/O."""
         token = self._token
-        if token is not None and self._clock() < self._refresh_at:
+        if token is not None and self._clock() < self._windows.advisory_at:
             return token
         return None
 
@@ -148,21 +129,40 @@ class TokenProvider:
         current = self._token
         if current is None or (token is not None and token.value != current.value):
             return False
-        self._token = None
-        self._refresh_at = -math.inf
+        self._token, self._windows = None, _NEVER
+        self._renew_after = self._hold_until = -math.inf
         logger.debug("dropped token %s", current.fingerprint)
         return True
 
+    def note_replay(self) -> None:
+        """Count an API request replayed after a 401."""
+        self._replays += 1
+
+    def _usable(self, now: float) -> AccessToken | None:
+        """The token callers may have without waiting at *now*; may start a renewal."""
+        token, windows = self._token, self._windows
+        if token is None:
+            return None
+        if now < windows.advisory_at:
+            return token
+        if now < windows.mandatory_at:
+            self._renew_in_background(now)
+            return token
+        if now < self._hold_until and now < windows.expires_at:
+            return token
+        return None
+
     def _install(self, token: AccessToken) -> None:
         self._token = token
-        self._refresh_at = token.expires_at - effective_margin(
-            self.refresh_margin, token.expires_in
+        self._windows = Windows.of(
+            token, refresh_margin=self.refresh_margin, advisory_ratio=self._advisory_ratio
         )
+        self._renew_after = self._hold_until = -math.inf
 
     # -- getting a token -------------------------------------------------------------------
 
     async def get_token(self) -> AccessToken:
-        """Return a fresh token, from the cache or from a (shared) fetch."""
+        """Return a usable token, from the cache or from a (shared) fetch."""
         return await self._shared_fetch(accept_cached=True)
 
     async def refresh(self) -> AccessToken:
@@ -173,22 +173,36 @@ class TokenProvider:
         while True:
             if self._closed:
                 raise AuthClosedError("this PaymeAuth is closed")
-            if accept_cached and (token := self.current()) is not None:
+            if accept_cached and (token := self._usable(self._clock())) is not None:
                 return token
             flight = self._flight
             if flight is None:
+                flight = self._flight = _Flight(background=False)
                 self._log_start(forced=not accept_cached)
-                flight = self._flight = _Flight()
                 if self._task_group is not None:
-                    self._start_in_background(self._task_group, flight)
+                    self._launch(flight)
                 else:
                     # No task group to run it in: this caller leads the flight itself.
                     await self._fly(flight)
                     return flight.outcome()
             await flight.done.wait()
-            if not flight.abandoned:
+            if not flight.abandoned and not (flight.background and flight.error):
                 return flight.outcome()
-            # The leader was cancelled before it landed: go round, and lead or join anew.
+            # The leader was cancelled, or a background renewal failed: go round, and
+            # lead or join a fetch whose outcome is ours to share.
+
+    def _renew_in_background(self, now: float) -> None:
+        if self._flight is not None or now < self._renew_after or self._closed:
+            return
+        flight = self._flight = _Flight(background=True)
+        token = self._token
+        if token is not None:
+            logger.info(
+                "renewing token %s in the background (%.0f s of its life left)",
+                token.fingerprint,
+                token.remaining(now),
+            )
+        self._launch(flight)
 
     def _log_start(self, *, forced: bool) -> None:
         stale = self._token
@@ -202,11 +216,13 @@ class TokenProvider:
             )
 
     async def _fly(self, flight: _Flight) -> None:
+        retry = self._background_retry if flight.background else self._retry
         try:
-            token = await self._request_token()
+            token = await self._fetcher.fetch(retry)
         except Exception as error:  # noqa: BLE001 - shared with every waiter, raised by each of them
             if self._closed and not isinstance(error, PaymeAuthError):
                 error = _closed_while_fetching()
+            self._note_failure(error, background=flight.background)
             flight.fail(error)
         except BaseException:  # cancelled: the waiters go round and one of them leads anew
             flight.abandoned = True
@@ -215,126 +231,101 @@ class TokenProvider:
             if self._closed:
                 flight.fail(_closed_while_fetching())
             else:
-                self._install(token)
-                flight.token = token
+                flight.token = self._accept(token, background=flight.background)
         finally:
             if self._flight is flight:
                 self._flight = None
             flight.done.set()
 
-    async def _request_token(self) -> AccessToken:
-        retry = self._retry
-        async with self._client() as client:
-            attempt = 0
-            while True:
-                attempt += 1
-                self.fetches += 1
-                logger.debug(
-                    "requesting a token from %s (attempt %d of %d)",
-                    self._request.url,
-                    attempt,
-                    retry.attempts,
-                )
-                outcome = await self._attempt(client)
-                if isinstance(outcome, AccessToken):
-                    logger.info(
-                        "obtained token %s for %s (expires in %d s, scope: %s)",
-                        outcome.fingerprint,
-                        self.environment.name,
-                        outcome.expires_in,
-                        " ".join(sorted(outcome.scope)),
-                    )
-                    return outcome
-                if not outcome.retryable:
-                    logger.warning("token request refused: %s", outcome.error)
-                    raise outcome.error
-                delay = retry.delay(
-                    attempt, retry_after=outcome.retry_after, draw=self._random.random()
-                )
-                if delay is None:
-                    error = self._unavailable(outcome, attempt)
-                    logger.warning("%s", error)
-                    raise error
-                logger.warning(
-                    "token request attempt %d of %d failed (%s); retrying in %.2f s",
-                    attempt,
-                    retry.attempts,
-                    outcome.error,
-                    delay,
-                )
-                await anyio.sleep(delay)
-
-    @staticmethod
-    def _unavailable(outcome: Failure, attempts: int) -> TokenEndpointUnavailableError:
-        last = outcome.error
-        return TokenEndpointUnavailableError(
-            f"the token endpoint was unavailable after {attempts} "
-            f"attempt{'s' if attempts > 1 else ''}: {last.args[0] if last.args else last}",
-            attempts=attempts,
-            retry_after=outcome.retry_after,
-            status_code=last.status_code,
-            code=last.code,
-            error=last.error,
-            detail=last.detail,
-        )
-
-    async def _attempt(self, client: httpx.AsyncClient) -> AccessToken | Failure:
-        request = self._request
-        sent_at = self._clock()
-        problem: str | None = None
-        with anyio.move_on_after(self._deadline) as scope:
-            try:
-                async with client.stream(
-                    "POST",
-                    request.url,
-                    headers=request.headers,
-                    content=request.content,
-                    timeout=self._timeout,
-                    follow_redirects=False,
-                    auth=None,
-                ) as response:
-                    body, truncated = await _read_capped(response)
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            except httpx.HTTPError as exc:  # undecodable content and the like: not transient
-                detail = clean_text(str(exc), (self._secret,))
-                return Failure(
-                    error=TokenResponseError(
-                        f"the token answer could not be read ({type(exc).__name__})",
-                        detail=detail,
-                    )
-                )
-        if scope.cancelled_caught:
-            problem = f"no complete answer within {self._deadline:g} s"
-        if problem is not None:
-            return Failure(
-                error=TokenError(
-                    f"could not reach the token endpoint: {clean_text(problem, (self._secret,))}"
-                ),
-                retryable=True,
+    def _accept(self, new: AccessToken, *, background: bool) -> AccessToken:
+        """Take a fetched token into the cache, unless it is no newer than the cached one."""
+        self._tokens_obtained += 1
+        old = self._token
+        if old is not None and (new.value == old.value or new.expires_at <= old.expires_at):
+            best = new if new.expires_at > old.expires_at else old
+            now = self._clock()
+            pause = renewal_pause(best.expires_in, retry_after=None, draw=self._fetcher.draw())
+            self._renew_after = self._hold_until = now + pause
+            self._failed_renewals += 1
+            logger.warning(
+                "the token endpoint returned no newer token than %s; using it, and renewing "
+                "again in %.2f s",
+                old.fingerprint,
+                pause,
             )
-        return read_token_response(
-            response.status_code,
-            response.headers,
-            body,
-            truncated=truncated,
-            requested_scopes=self.scopes,
-            obtained_at=sent_at,
-            now=time.time(),
-            assumed_expires_in=self._assumed_expires_in,
-            secrets=(self._secret,),
+            if best is new:
+                self._token = new
+                self._windows = attrs.evolve(self._windows, expires_at=new.expires_at)
+            return best
+        if old is not None:
+            self._renewals += 1
+            if background:
+                self._background_renewals += 1
+        self._install(new)
+        return new
+
+    def _note_failure(self, error: Exception, *, background: bool) -> None:
+        now = self._clock()
+        self._last_error = (str(error), now)
+        token = self._token
+        if not background or token is None:
+            self._failed_fetches += 1
+            logger.warning("could not get a token: %s", error)
+            return
+        self._failed_renewals += 1
+        retry_after = (
+            error.retry_after if isinstance(error, TokenEndpointUnavailableError) else None
+        )
+        pause = renewal_pause(token.expires_in, retry_after=retry_after, draw=self._fetcher.draw())
+        self._renew_after = now + pause
+        refused = isinstance(error, TokenError) and not isinstance(
+            error, TokenEndpointUnavailableError
+        )
+        log = logger.error if refused else logger.warning
+        log(
+            "background renewal failed: %s; token %s stays in use (%.0f s left), "
+            "next try in %.2f s",
+            error,
+            token.fingerprint,
+            token.remaining(now),
+            pause,
         )
 
-    @asynccontextmanager
-    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
-        if self._http_client is not None:
-            yield self._http_client
-            return
-        if self._ssl_context is None:
-            # Loading the CA bundle takes tens of milliseconds: not on the event loop.
-            self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
-        async with httpx.AsyncClient(verify=self._ssl_context, timeout=self._timeout) as client:
-            yield client
+    # -- observing -------------------------------------------------------------------------
+
+    def stats(self) -> AuthStats:
+        """A snapshot of the provider's state and counters."""
+        now = self._clock()
+        token, windows = self._token, self._windows
+        state: TokenState
+        if self._closed:
+            state = "closed"
+        elif token is None:
+            state = "none"
+        elif now >= windows.expires_at:
+            state = "expired"
+        elif now >= windows.mandatory_at:
+            state = "due"
+        elif now >= windows.advisory_at:
+            state = "renewing"
+        else:
+            state = "fresh"
+        error = self._last_error
+        return AuthStats(
+            state=state,
+            token_fingerprint=token.fingerprint if token else None,
+            token_age=now - token.obtained_at if token else None,
+            time_left=token.remaining(now) if token else None,
+            token_requests=self._fetcher.requests,
+            tokens_obtained=self._tokens_obtained,
+            renewals=self._renewals,
+            background_renewals=self._background_renewals,
+            failed_fetches=self._failed_fetches,
+            failed_renewals=self._failed_renewals,
+            replays=self._replays,
+            last_error=error[0] if error else None,
+            last_error_age=now - error[1] if error else None,
+        )
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -355,8 +346,7 @@ class TokenProvider:
         task group's scope, which also encloses the code inside ``async with``.
         """
         self._closed = True
-        self._token = None
-        self._refresh_at = -math.inf
+        self._token, self._windows = None, _NEVER
         for scope in self._background:
             scope.cancel()
 
@@ -367,7 +357,9 @@ class TokenProvider:
         if stack is not None:
             await stack.aclose()
 
-    def _start_in_background(self, task_group: anyio.abc.TaskGroup, flight: _Flight) -> None:
+    def _launch(self, flight: _Flight) -> None:
+        """Run *flight* in a task of the provider's own, where no caller can cancel it."""
+
         async def fly() -> None:
             with anyio.CancelScope() as scope:
                 self._background.add(scope)
@@ -378,24 +370,24 @@ class TokenProvider:
                 finally:
                     self._background.discard(scope)
 
-        task_group.start_soon(fly)
+        if self._task_group is not None:
+            self._task_group.start_soon(fly)
+        else:
+            self._detach(fly)
+
+    def _detach(self, function: Callable[[], Coroutine[object, object, None]]) -> None:
+        """Start *function* as a task nobody awaits: the caller must not wait for it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            import trio
+
+            trio.lowlevel.spawn_system_task(function)
+            return
+        task = loop.create_task(function())
+        self._detached.add(task)  # a strong reference, so the task is not collected
+        task.add_done_callback(self._detached.discard)
 
 
 def _closed_while_fetching() -> AuthClosedError:
     return AuthClosedError("this PaymeAuth was closed while fetching a token")
-
-
-async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
-    """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-        return b"", True
-    # Past the limit, go on reading but keep nothing: stopping httpx's iterators half-way
-    # leaves one of them to the garbage collector. The attempt's deadline bounds the time.
-    body = bytearray()
-    truncated = False
-    async for chunk in response.aiter_bytes():
-        if not truncated:
-            body += chunk
-            truncated = len(body) > MAX_RESPONSE_BYTES
-    return bytes(body[:MAX_RESPONSE_BYTES]), truncated

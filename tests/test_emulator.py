@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import math
+import random
 import socket
 import sys
 import threading
@@ -18,7 +21,7 @@ import pytest
 import uvicorn
 
 import payme_auth.testing
-from payme_auth import Environment, PaymeAuth
+from payme_auth import Environment, PaymeAuth, RetryPolicy
 from payme_auth.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -75,6 +78,11 @@ async def get_token(client: httpx.AsyncClient, scope: str = ALL_SCOPES) -> str:
     response = await post_token(client, token_body(scope=scope))
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
+
+
+def seeded(seed: int) -> random.Random:
+    """A repeatable random generator, for the emulator's rng (never for secrets)."""
+    return random.Random(seed)  # noqa: S311
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -432,6 +440,11 @@ def test_repr_hides_the_secret() -> None:
         ("token_latency", math.nan),
         ("token_latency", math.inf),
         ("api_latency", "1"),
+        ("token_failure_rate", -0.1),
+        ("token_failure_rate", 1.01),
+        ("token_failure_rate", math.nan),
+        ("token_failure_rate", True),
+        ("token_failure_rate", "0.5"),
     ],
 )
 def test_knobs_are_checked_when_set(knob: str, value: Any) -> None:
@@ -535,6 +548,128 @@ async def test_latency_can_be_cancelled(client: httpx.AsyncClient, emulator: Pay
         await post_token(client)
     assert scope.cancelled_caught
     assert time.monotonic() - start < 5
+
+
+def test_failure_rate_accepts_zero_to_one() -> None:
+    """token_failure_rate takes any int or float from 0 to 1, both ends included."""
+    emulator = PaymeEmulator()
+    assert emulator.token_failure_rate == 0.0
+    for rate in (0, 1, 1.0, 0.25):
+        emulator.token_failure_rate = rate
+        assert emulator.token_failure_rate == rate
+
+
+def assert_random_failure(response: httpx.Response) -> None:
+    """Check the answer to a token request failed by token_failure_rate."""
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"message": "Service Unavailable"}
+
+
+async def test_failure_rate_is_drawn_from_rng(
+    client: httpx.AsyncClient, emulator: PaymeEmulator
+) -> None:
+    """Each token request fails when rng draws below token_failure_rate: seeded, repeatable."""
+    emulator.rng = seeded(1234)
+    emulator.token_failure_rate = 0.5
+    replay = seeded(1234)
+    expected = [replay.random() < 0.5 for _ in range(40)]
+    assert 5 < sum(expected) < 35
+    responses = [await post_token(client) for _ in range(40)]
+    assert [r.status_code == 503 for r in responses] == expected
+    for response, failed in zip(responses, expected, strict=True):
+        if failed:
+            assert_random_failure(response)
+        else:
+            assert response.status_code == 200
+    assert emulator.stats == EmulatorStats(
+        token_requests=40, tokens_issued=40 - sum(expected), token_failures=sum(expected)
+    )
+
+
+async def test_failure_rate_zero_and_one(
+    client: httpx.AsyncClient, emulator: PaymeEmulator
+) -> None:
+    """At 1 every token request fails, even one that would be refused; at 0 none does."""
+    emulator.rng = seeded(7)
+    emulator.token_failure_rate = 1
+    assert_random_failure(await post_token(client))
+    assert_random_failure(await post_token(client, headers={}))
+    emulator.token_failure_rate = 0
+    state = emulator.rng.getstate()
+    assert all([(await post_token(client)).status_code == 200 for _ in range(5)])
+    assert emulator.rng.getstate() == state, "no draw at rate 0"
+    assert emulator.stats.token_failures == 2
+
+
+async def test_injected_faults_come_before_random_failures(
+    client: httpx.AsyncClient, emulator: PaymeEmulator
+) -> None:
+    """A request answered by an injected fault draws nothing from rng."""
+    emulator.rng = seeded(99)
+    emulator.token_failure_rate = 0.5
+    emulator.inject(Fault(status=429), times=2)
+    statuses = [(await post_token(client)).status_code for _ in range(12)]
+    replay = seeded(99)
+    assert statuses == [429, 429] + [503 if replay.random() < 0.5 else 200 for _ in range(10)]
+
+
+async def test_api_ignores_the_failure_rate(
+    client: httpx.AsyncClient, emulator: PaymeEmulator
+) -> None:
+    """token_failure_rate applies to POST /token only."""
+    token = await get_token(client)
+    emulator.token_failure_rate = 1.0
+    assert (await client.get("/charges/a/b/c", headers=bearer(token))).status_code == 200
+
+
+async def test_reset_fault_sends_half_an_answer() -> None:
+    """A reset fault declares its whole body, sends the first half and never completes."""
+    emulator = PaymeEmulator()
+    fault = Fault(status=502, body=b"0123456789", headers={"Retry-After": "3"}, reset=True)
+    emulator.inject(fault)
+    emulator.inject(Fault(body=b"x", reset=True))
+    headers = [(b"content-type", b"application/json")]
+    request = {"type": "http.request", "body": b"{}"}
+    start, body = await call_app(emulator, http_scope("POST", "/token", headers), [request])
+    assert start["status"] == 502
+    assert (b"retry-after", b"3") in start["headers"]
+    assert (b"content-length", b"10") in start["headers"]
+    assert body == {"type": "http.response.body", "body": b"01234", "more_body": True}
+    start, body = await call_app(emulator, http_scope("POST", "/token", headers), [request])
+    assert (b"content-length", b"1") in start["headers"]
+    assert body == {"type": "http.response.body", "body": b"", "more_body": True}
+    assert emulator.stats == EmulatorStats(token_requests=2, token_failures=2)
+
+
+async def test_reset_fault_in_process_raises_assertion_error(
+    client: httpx.AsyncClient, emulator: PaymeEmulator
+) -> None:
+    """Through httpx.ASGITransport a reset fault surfaces as its AssertionError (httpx 0.28).
+
+    ASGITransport checks that the app completed its answer with an ``assert``; it has no
+    transport error to raise. Use a served emulator to see a real httpx.TransportError.
+    """
+    emulator.inject(Fault(reset=True))
+    with pytest.raises(AssertionError):
+        await post_token(client)
+    assert (await post_token(client)).status_code == 200
+    assert emulator.stats.token_failures == 1
+
+
+def test_reset_fault_checks() -> None:
+    """reset is a bool, and needs a body to cut short under a status that has one."""
+    assert Fault().reset is False
+    assert Fault(reset=True).reset is True
+    assert Fault(reset=True) != Fault()
+    for bad in (
+        {"reset": 1},
+        {"reset": True, "body": b""},
+        {"reset": True, "status": 204},
+        {"reset": True, "status": 304},
+    ):
+        with pytest.raises(ValueError, match="reset"):
+            Fault(**bad)
 
 
 # The API.
@@ -853,6 +988,77 @@ async def test_payme_auth_works_against_the_served_emulator(server: EmulatorServ
         assert (await api.get("/charges/m/o/t")).status_code == 200
     stats = server.emulator.stats
     assert (stats.tokens_issued, stats.api_requests, stats.api_unauthorized) == (2, 3, 1)
+
+
+async def test_reset_fault_breaks_the_served_connection(
+    server: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Served by uvicorn, a reset fault reaches httpx as RemoteProtocolError, leaking nothing."""
+    server.emulator.inject(Fault(status=503, reset=True))
+    body = token_body(audience=server.audience)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match=r"incomplete|without sending complete"):
+            await post_token(client, body)
+        assert (await post_token(client, body)).status_code == 200
+    gc.collect()  # an unclosed socket would warn now, and filterwarnings makes that an error
+    assert server.emulator.stats == EmulatorStats(
+        token_requests=2, tokens_issued=1, token_failures=1
+    )
+    [record] = [r for r in caplog.records if r.name == "uvicorn.error"]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "ASGI callable returned without completing response."
+
+
+async def test_payme_auth_rides_out_resets_and_random_failures(server: EmulatorServer) -> None:
+    """PaymeAuth retries a broken connection and random 503s and then gets its token."""
+    emulator = server.emulator
+    emulator.rng = seeded(7)
+    emulator.token_failure_rate = 0.5
+    emulator.inject(Fault(reset=True))
+    retry = RetryPolicy(attempts=5, backoff=0.001, max_backoff=0.002)
+    async with PaymeAuth(
+        DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, environment=server.environment, retry=retry
+    ) as auth:
+        await auth.get_token()
+    replay = seeded(7)
+    random_failures = 0
+    while replay.random() < 0.5:
+        random_failures += 1
+    assert random_failures == 2, "the seed is chosen to fail twice"
+    assert emulator.stats == EmulatorStats(token_requests=4, tokens_issued=1, token_failures=3)
+
+
+async def wait_for_connections(server: EmulatorServer, count: int) -> int:
+    """Poll open_connections until it is *count*, for at most 5 seconds; return it."""
+    with anyio.move_on_after(5.0):
+        while server.open_connections != count:
+            await anyio.sleep(0.005)
+    return server.open_connections
+
+
+async def test_open_connections_counts_keep_alive_clients(server: EmulatorServer) -> None:
+    """A keep-alive client holds one connection across requests; closing it frees it."""
+    assert server.open_connections == 0
+    client = httpx.AsyncClient(base_url=server.url)
+    try:
+        assert (await client.get("/nope")).status_code == 404
+        assert server.open_connections == 1
+        assert (await client.get("/nope")).status_code == 404
+        assert server.open_connections == 1
+        async with httpx.AsyncClient(base_url=server.url) as other:
+            await other.get("/nope")
+            assert server.open_connections == 2
+        assert await wait_for_connections(server, 1) == 1
+    finally:
+        await client.aclose()
+    assert await wait_for_connections(server, 0) == 0
+
+
+def test_open_connections_needs_a_running_server() -> None:
+    """An EmulatorServer not made by run_emulator has no server to ask."""
+    made = EmulatorServer(host="127.0.0.1", port=1, emulator=PaymeEmulator())
+    with pytest.raises(RuntimeError, match="run_emulator"):
+        _ = made.open_connections
 
 
 def test_environment_points_at_the_server(server: EmulatorServer) -> None:

@@ -22,6 +22,7 @@ from payme_auth import (
     TokenRefusedError,
     TokenResponseError,
 )
+from payme_auth._policy import effective_margin
 from payme_auth._protocol import (
     MAX_EXPIRES_IN,
     MAX_RESPONSE_BYTES,
@@ -30,7 +31,6 @@ from payme_auth._protocol import (
     TokenRequest,
     build_token_request,
     clean_text,
-    effective_margin,
     parse_retry_after,
     read_token_response,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -77,7 +76,9 @@ async def server() -> AsyncIterator[TokenServer]:
 
 
 def make_auth(clock: FakeClock | None = None, **kwargs: Any) -> PaymeAuth:
+    """A PaymeAuth with quick retries and, unless asked, no advisory window (see test_renewal)."""
     kwargs.setdefault("retry", FAST_RETRY)
+    kwargs.setdefault("advisory_ratio", None)
     return PaymeAuth(CLIENT_ID, CLIENT_SECRET, clock=clock, **kwargs)
 
 
@@ -602,8 +603,10 @@ def test_provider_has_no_token_before_the_first_fetch() -> None:
     auth = make_auth()
     assert auth._provider.cached is None
     assert auth._provider.current() is None
-    assert auth._provider.fetches == 0
-    assert auth._provider._refresh_at == -math.inf
+    stats = auth.stats()
+    assert stats.token_requests == 0
+    assert stats.state == "none"
+    assert stats.token_fingerprint is None
 
 
 async def test_closing_from_another_task_is_safe(server: TokenServer) -> None:

@@ -2,13 +2,15 @@
 
 Rules:
 - ``POST /token`` answers the first failure in this order: an injected :class:`Fault`
-  (FIFO, served after the request is counted); a body over :data:`MAX_BODY_SIZE` (413); a
-  ``Content-Type`` other than ``application/json`` (400); a missing or other
-  ``ALG-API-VERSION`` (400); a body that is not a JSON object of exactly the six documented
-  string fields (400); ``action`` or ``grant_type`` not the documented value (400); another
-  ``audience`` (400); a ``scope`` without ``create:token`` (400); an unknown client or a
-  wrong secret (401); a scope the client may not have (401). Other methods get 405.
-  Refusals use Pay-me's ``authorization.meta.status`` envelope and never echo the request.
+  (FIFO, served after the request is counted; one with ``reset=True`` breaks the connection
+  mid-answer, see ``_asgi``); a 503 with probability ``token_failure_rate``, drawn from
+  ``rng``; a body over :data:`MAX_BODY_SIZE` (413); a ``Content-Type`` other than
+  ``application/json`` (400); a missing or other ``ALG-API-VERSION`` (400); a body that is
+  not a JSON object of exactly the six documented string fields (400); ``action`` or
+  ``grant_type`` not the documented value (400); another ``audience`` (400); a ``scope``
+  without ``create:token`` (400); an unknown client or a wrong secret (401); a scope the
+  client may not have (401). Other methods get 405. Refusals use Pay-me's
+  ``authorization.meta.status`` envelope and never echo the request.
 - The API (``/charges`` routes) checks the bearer token first (401: missing, unknown,
   expired or revoked), then its scope (403), then ``ALG-API-VERSION`` (400): a gateway
   authorizes before its backend reads the request.
@@ -23,17 +25,28 @@ from __future__ import annotations
 import collections
 import hmac
 import json
+import random
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
 import attrs
 
 from .._config import API_VERSION, DEFAULT_SCOPES
-from ._values import EmulatorStats, Fault, check_number
+from ._asgi import (
+    MAX_BODY_SIZE,
+    DisconnectedError,
+    Message,
+    Receive,
+    Send,
+    read_body,
+    send_answer,
+    send_json,
+)
+from ._values import EmulatorStats, Fault, check_number, check_probability
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -48,13 +61,6 @@ DEFAULT_CLIENT_ID = "demo-client-id"
 DEFAULT_CLIENT_SECRET = "demo-client-secret"
 """The client secret a :class:`PaymeEmulator` accepts unless told otherwise."""
 
-MAX_BODY_SIZE = 64 * 1024
-"""Request bodies larger than this get 413 (they are read, but not kept)."""
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 _CREATE_TOKEN = "create:token"
 _TOKEN_FIELDS = {"action", "grant_type", "audience", "client_id", "client_secret", "scope"}
 _UNKNOWN_CLIENT_SECRET = secrets.token_bytes(32)
@@ -65,10 +71,7 @@ _ROUTES = {
     3: ("GET", "get:charges", "query"),
 }
 _NO_STORE = (("cache-control", "no-store"), ("pragma", "no-cache"))
-
-
-class _DisconnectedError(Exception):
-    """The client went away before its request body was read."""
+_RANDOM_FAILURE = Fault(status=503)
 
 
 def _status_meta(code: str, text: str) -> dict[str, Any]:
@@ -119,6 +122,10 @@ class PaymeEmulator:
         token_lifetime: the ``expires_in`` issued, in seconds; tokens really expire then.
         token_latency: seconds to wait before answering ``POST /token``.
         api_latency: seconds to wait before answering an API call.
+        token_failure_rate: the probability, from 0 to 1, that a ``POST /token`` not answered
+            by an injected fault gets a 503 instead (counted in ``token_failures``).
+        rng: where :attr:`token_failure_rate` draws from; pass ``random.Random(seed)`` to
+            make the failures repeatable.
         audience: the ``audience`` required; ``None`` means the request's own origin with a
             trailing slash (``"http://127.0.0.1:8000/"``).
         api_version: the ``ALG-API-VERSION`` required on every call.
@@ -135,6 +142,8 @@ class PaymeEmulator:
     token_lifetime: int = attrs.field(default=8600, validator=check_number(integer=True))
     token_latency: float = attrs.field(default=0.0, validator=check_number(integer=False))
     api_latency: float = attrs.field(default=0.0, validator=check_number(integer=False))
+    token_failure_rate: float = attrs.field(default=0.0, validator=check_probability)
+    rng: random.Random = attrs.field(factory=random.Random, repr=False)
     audience: str | None = None
     api_version: str = API_VERSION
     clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
@@ -221,7 +230,7 @@ class PaymeEmulator:
         elif scope["type"] == "http":
             try:
                 await self._http(scope, receive, send)
-            except _DisconnectedError:
+            except DisconnectedError:
                 return
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
@@ -236,9 +245,9 @@ class PaymeEmulator:
         else:
             route = None
         if route is None:
-            await _send_json(send, 404, {"message": "Not Found"})
+            await send_json(send, 404, {"message": "Not Found"})
         elif method != route[0]:
-            await _send_json(send, 405, {"message": "Method Not Allowed"}, [("allow", route[0])])
+            await send_json(send, 405, {"message": "Method Not Allowed"}, [("allow", route[0])])
         elif not route[1]:
             await self._token_endpoint(scope, headers, receive, send)
         else:
@@ -247,15 +256,19 @@ class PaymeEmulator:
     async def _token_endpoint(
         self, scope: Message, headers: Mapping[str, str], receive: Receive, send: Send
     ) -> None:
-        body = await _read_body(receive)
+        body = await read_body(receive)
         with self._lock:
             self._counts["token_requests"] += 1
             fault = self._faults.popleft() if self._faults else None
+            rate = self.token_failure_rate
+            if fault is None and rate > 0 and self.rng.random() < rate:
+                fault = _RANDOM_FAILURE
         await anyio.sleep(self.token_latency)
         if fault is not None:
             await anyio.sleep(fault.delay)
             self._count("token_failures")
-            await _send(send, fault.status, fault.body, fault.headers.items())
+            extra = fault.headers.items()
+            await send_answer(send, fault.status, fault.body, extra, cut_short=fault.reset)
             return
         if body is None:
             status, payload = 413, {"message": "Request Entity Too Large"}
@@ -263,7 +276,7 @@ class PaymeEmulator:
             status, payload = self._authorize(scope, headers, body)
         if status != 200:
             self._count("token_failures")
-        await _send_json(send, status, payload, _NO_STORE)
+        await send_json(send, status, payload, _NO_STORE)
 
     def _expected_audience(self, scope: Message, headers: Mapping[str, str]) -> str | None:
         if self.audience is not None:
@@ -337,7 +350,7 @@ class PaymeEmulator:
         route: tuple[str, str],
         params: list[str],
     ) -> None:
-        body = await _read_body(receive)
+        body = await read_body(receive)
         self._count("api_requests")
         await anyio.sleep(self.api_latency)
         needed, action = route
@@ -345,19 +358,19 @@ class PaymeEmulator:
         if grant is None:
             self._count("api_unauthorized")
             challenge = [("www-authenticate", 'Bearer error="invalid_token"')]
-            await _send_json(send, 401, {"message": "Unauthorized"}, challenge)
+            await send_json(send, 401, {"message": "Unauthorized"}, challenge)
         elif needed not in grant.scopes:
             self._count("api_forbidden")
             challenge = [
                 ("www-authenticate", f'Bearer error="insufficient_scope" scope="{needed}"')
             ]
-            await _send_json(send, 403, {"message": "Forbidden"}, challenge)
+            await send_json(send, 403, {"message": "Forbidden"}, challenge)
         elif headers.get("alg-api-version") != self.api_version:
-            await _send_json(send, 400, {"message": "ALG-API-VERSION is missing or not supported"})
+            await send_json(send, 400, {"message": "ALG-API-VERSION is missing or not supported"})
         elif body is None:
-            await _send_json(send, 413, {"message": "Request Entity Too Large"})
+            await send_json(send, 413, {"message": "Request Entity Too Large"})
         else:
-            await _send_json(send, 200, _charge_answer(action, params, body))
+            await send_json(send, 200, _charge_answer(action, params, body))
 
 
 def _charge_answer(action: str, params: list[str], body: bytes) -> dict[str, Any]:
@@ -376,37 +389,3 @@ def _charge_answer(action: str, params: list[str], body: bytes) -> dict[str, Any
     if action == "query":
         return {"action": action, "success": True, "transactions": [transaction]}
     return {"action": action, "success": True, "transaction": transaction}
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """Return the request body, or ``None`` if it is larger than :data:`MAX_BODY_SIZE`.
-
-    A body too large is still read to its end, but not kept: a client that is not read
-    from may never see the answer.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _DisconnectedError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= MAX_BODY_SIZE:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks) if size <= MAX_BODY_SIZE else None
-
-
-async def _send(send: Send, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
-    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-    raw.append((b"content-length", str(len(body)).encode("ascii")))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_json(
-    send: Send, status: int, payload: object, headers: Iterable[tuple[str, str]] = ()
-) -> None:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    await _send(send, status, body, [("content-type", "application/json"), *headers])

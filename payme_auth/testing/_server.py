@@ -47,6 +47,27 @@ class EmulatorServer:
     host: str
     port: int
     emulator: PaymeEmulator
+    _server: uvicorn.Server | None = attrs.field(
+        default=None, repr=False, eq=False, alias="_server"
+    )
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections the server holds open right now.
+
+        A keep-alive client holds its connections between requests. Closing happens on
+        the server's own thread, so after a client is closed, poll for a short while::
+
+            await client.aclose()
+            while server.open_connections:
+                await anyio.sleep(0.01)
+
+        Raises:
+            RuntimeError: this value was not made by :func:`run_emulator`.
+        """
+        if self._server is None:
+            raise RuntimeError("open_connections needs an EmulatorServer from run_emulator")
+        return len(self._server.server_state.connections)
 
     @property
     def url(self) -> str:
@@ -142,7 +163,7 @@ def run_emulator(
         thread.start()
         try:
             _wait_started(server, thread, errors, startup_timeout)
-            yield EmulatorServer(host=host, port=bound_port, emulator=app)
+            yield EmulatorServer(host=host, port=bound_port, emulator=app, _server=server)
         finally:
             server.should_exit = True
             thread.join(shutdown_timeout)

@@ -1,0 +1,201 @@
+"""Sending the token request over HTTP, with retries. It knows nothing of caching.
+
+Rules:
+- Owning no HTTP client, the fetcher opens one per fetch and closes it at once (the TLS
+  context is built once, off the event loop), so nothing is left open between fetches.
+  A borrowed client is used as it is and never closed.
+- Every token request disables redirects and the client's own auth, so the secret goes
+  nowhere but the token URL.
+- One attempt is bounded as a whole, since httpx's timeouts bound each network operation
+  and a server that trickles bytes could otherwise hold it for ever.
+- Exceptions from the HTTP stack are not chained into ours: they reference the request,
+  whose body holds the client secret. Their type and message are kept in ours instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._config import Environment
+from ._errors import TokenEndpointUnavailableError, TokenError, TokenResponseError
+from ._policy import RetryPolicy
+from ._protocol import (
+    MAX_RESPONSE_BYTES,
+    Failure,
+    build_token_request,
+    clean_text,
+    read_token_response,
+)
+from ._token import AccessToken
+
+__all__ = ["TokenFetcher", "logger"]
+
+logger = logging.getLogger("payme_auth")
+
+
+class TokenFetcher:
+    """Gets one token from the token endpoint, retrying transient failures."""
+
+    def __init__(
+        self,
+        *,
+        environment: Environment,
+        client_id: str,
+        client_secret: str,
+        scopes: tuple[str, ...],
+        timeout: httpx.Timeout,
+        attempt_timeout: float,
+        http_client: httpx.AsyncClient | None,
+        assumed_expires_in: int | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.environment = environment
+        self.scopes = scopes
+        self._secrets = (client_secret,)
+        self._request = build_token_request(environment, client_id, client_secret, scopes)
+        self._timeout = timeout
+        self._deadline = attempt_timeout
+        self._http_client = http_client
+        self._ssl_context: ssl.SSLContext | None = None
+        self._assumed_expires_in = assumed_expires_in
+        self._clock = clock
+        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
+        self.requests = 0
+        """Token requests sent, retries included."""
+
+    def draw(self) -> float:
+        """A random number in [0, 1), for jitter."""
+        return self._random.random()
+
+    async def fetch(self, retry: RetryPolicy) -> AccessToken:
+        """Return a new token, or raise the TokenError that ended the attempts."""
+        async with self._client() as client:
+            attempt = 0
+            while True:
+                attempt += 1
+                self.requests += 1
+                logger.debug(
+                    "requesting a token from %s (attempt %d of %d)",
+                    self._request.url,
+                    attempt,
+                    retry.attempts,
+                )
+                outcome = await self._attempt(client)
+                if isinstance(outcome, AccessToken):
+                    logger.info(
+                        "obtained token %s for %s (expires in %d s, scope: %s)",
+                        outcome.fingerprint,
+                        self.environment.name,
+                        outcome.expires_in,
+                        " ".join(sorted(outcome.scope)),
+                    )
+                    return outcome
+                if not outcome.retryable:
+                    raise outcome.error
+                delay = retry.delay(attempt, retry_after=outcome.retry_after, draw=self.draw())
+                if delay is None:
+                    raise _unavailable(outcome, attempt)
+                logger.warning(
+                    "token request attempt %d of %d failed (%s); retrying in %.2f s",
+                    attempt,
+                    retry.attempts,
+                    outcome.error,
+                    delay,
+                )
+                await anyio.sleep(delay)
+
+    async def _attempt(self, client: httpx.AsyncClient) -> AccessToken | Failure:
+        request = self._request
+        sent_at = self._clock()
+        problem: str | None = None
+        with anyio.move_on_after(self._deadline) as scope:
+            try:
+                async with client.stream(
+                    "POST",
+                    request.url,
+                    headers=request.headers,
+                    content=request.content,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                    auth=None,
+                ) as response:
+                    body, truncated = await _read_capped(response)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except httpx.HTTPError as exc:  # undecodable content and the like: not transient
+                return Failure(
+                    error=TokenResponseError(
+                        f"the token answer could not be read ({type(exc).__name__})",
+                        detail=clean_text(str(exc), self._secrets),
+                    )
+                )
+        if scope.cancelled_caught:
+            problem = f"no complete answer within {self._deadline:g} s"
+        if problem is not None:
+            return Failure(
+                error=TokenError(
+                    f"could not reach the token endpoint: {clean_text(problem, self._secrets)}"
+                ),
+                retryable=True,
+            )
+        return read_token_response(
+            response.status_code,
+            response.headers,
+            body,
+            truncated=truncated,
+            requested_scopes=self.scopes,
+            obtained_at=sent_at,
+            now=time.time(),
+            assumed_expires_in=self._assumed_expires_in,
+            secrets=self._secrets,
+        )
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._http_client is not None:
+            yield self._http_client
+            return
+        if self._ssl_context is None:
+            # Loading the CA bundle takes tens of milliseconds: not on the event loop.
+            self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+        async with httpx.AsyncClient(verify=self._ssl_context, timeout=self._timeout) as client:
+            yield client
+
+
+def _unavailable(outcome: Failure, attempts: int) -> TokenEndpointUnavailableError:
+    last = outcome.error
+    return TokenEndpointUnavailableError(
+        f"the token endpoint was unavailable after {attempts} "
+        f"attempt{'s' if attempts > 1 else ''}: {last.args[0] if last.args else last}",
+        attempts=attempts,
+        retry_after=outcome.retry_after,
+        status_code=last.status_code,
+        code=last.code,
+        error=last.error,
+        detail=last.detail,
+    )
+
+
+async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        return b"", True
+    # Past the limit, go on reading but keep nothing: stopping httpx's iterators half-way
+    # leaves one of them to the garbage collector. The attempt's deadline bounds the time.
+    body = bytearray()
+    truncated = False
+    async for chunk in response.aiter_bytes():
+        if not truncated:
+            body += chunk
+            truncated = len(body) > MAX_RESPONSE_BYTES
+    return bytes(body[:MAX_RESPONSE_BYTES]), truncated
