@@ -31,6 +31,7 @@ from ._errors import (
     TokenResponseError,
 )
 from ._policy import RetryPolicy
+from ._stats import AuthStats
 from ._token import AccessToken
 
 try:
@@ -42,6 +43,7 @@ __all__ = [
     "API_VERSION",
     "AccessToken",
     "AuthClosedError",
+    "AuthStats",
     "ConfigurationError",
     "Environment",
     "InsufficientScopeError",

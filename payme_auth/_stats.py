@@ -9,15 +9,6 @@ import attrs
 __all__ = ["AuthStats", "TokenState"]
 
 TokenState = Literal["none", "fresh", "renewing", "due", "expired", "closed"]
-"""Where the cached token is in its life.
-
-- ``none``: no token yet (or it was dropped);
-- ``fresh``: before the advisory window;
-- ``renewing``: in the advisory window, where one background renewal may run;
-- ``due``: inside the refresh margin, where callers wait for a new token;
-- ``expired``: past its lifetime;
-- ``closed``: :meth:`~payme_auth.PaymeAuth.aclose` was called.
-"""
 
 
 @attrs.frozen(kw_only=True)
@@ -28,7 +19,10 @@ class AuthStats:
     already scrubbed text. Safe to serialize (``attrs.asdict(stats)``) on a health endpoint.
 
     Attributes:
-        state: where the token is in its life (see :data:`TokenState`).
+        state: where the token is in its life: ``"none"`` (no token yet, or it was
+            dropped), ``"fresh"`` (before the advisory window), ``"renewing"`` (in the
+            advisory window, where one background renewal may run), ``"due"`` (inside the
+            refresh margin, where callers wait), ``"expired"``, or ``"closed"``.
         token_fingerprint: the cached token's fingerprint, or ``None``.
         token_age: seconds since the cached token was requested, or ``None``.
         time_left: seconds until the cached token expires (negative once expired), or

@@ -338,6 +338,7 @@ EXPECTED_ALL = [
     "API_VERSION",
     "AccessToken",
     "AuthClosedError",
+    "AuthStats",
     "ConfigurationError",
     "Environment",
     "InsufficientScopeError",
