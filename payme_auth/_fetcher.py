@@ -143,7 +143,7 @@ class TokenFetcher:
         if problem is not None:
             return Failure(
                 error=TokenError(
-                    f"could not reach the token endpoint: {clean_text(problem, self._secrets)}"
+                    f"it could not be reached: {clean_text(problem, self._secrets)}"
                 ),
                 retryable=True,
             )

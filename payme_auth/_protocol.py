@@ -230,7 +230,7 @@ def _failure_for_status(
         found = _details(data, secrets)
         return Failure(
             error=TokenError(
-                f"the token endpoint answered HTTP {status}",
+                f"it answered HTTP {status}",
                 status_code=status,
                 code=found.code,
                 error=found.error,

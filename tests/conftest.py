@@ -1,13 +1,17 @@
-"""Shared fixtures: both async backends, a fake clock, canned token answers, a log guard."""
+"""Shared fixtures: both async backends, a fake clock, canned token answers, a scripted token
+endpoint, and a guard that no secret reaches a log record."""
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
+import httpx
 import pytest
+import respx
 
 from payme_auth import Environment, RetryPolicy
 
@@ -94,3 +98,48 @@ def secrets_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
             text += repr(record.exc_info[1]) + str(record.exc_info[1])
         assert CLIENT_SECRET not in text, f"client secret in log record: {record!r}"
         assert TOKEN_MARK not in text, f"token value in log record: {record!r}"
+
+
+class TokenServer:
+    """A scripted token endpoint: answers in order, optionally held at a gate."""
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        self.route = router.post(TOKEN_URL)
+        self.route.side_effect = self._answer
+        self.answers: list[Callable[[], httpx.Response] | httpx.Response | Exception] = []
+        self.gate: anyio.Event | None = None
+        self.arrived = 0
+        self.issued: list[str] = []
+
+    @property
+    def calls(self) -> int:
+        return self.route.call_count
+
+    def hold(self) -> None:
+        """Make the next requests wait until release() is called."""
+        self.gate = anyio.Event()
+
+    def release(self) -> None:
+        assert self.gate is not None
+        self.gate.set()
+
+    async def _answer(self, request: httpx.Request) -> httpx.Response:
+        self.arrived += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers.pop(0) if self.answers else None
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, httpx.Response):
+            return answer
+        if answer is not None:
+            return answer()
+        body = token_answer()
+        self.issued.append(body["access_token"])
+        return httpx.Response(200, json=body)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TokenServer]:
+    with respx.mock(assert_all_called=False) as router:
+        yield TokenServer(router)

@@ -572,7 +572,7 @@ def test_retryable_statuses(
         oauth_error,
         detail,
     )
-    assert str(failure.error).startswith(f"the token endpoint answered HTTP {status}")
+    assert str(failure.error).startswith(f"it answered HTTP {status}")
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-import respx
 
 from payme_auth import (
     AccessToken,
@@ -23,56 +22,18 @@ from payme_auth import (
     TokenResponseError,
 )
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRY, TOKEN_URL, FakeClock, token_answer
+from .conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FAST_RETRY,
+    FakeClock,
+    TokenServer,
+    token_answer,
+)
 
 pytestmark = pytest.mark.anyio
 
 CROWD = 300
-
-
-class TokenServer:
-    """A scripted token endpoint: answers in order, optionally held at a gate."""
-
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.route = router.post(TOKEN_URL)
-        self.route.side_effect = self._answer
-        self.answers: list[Callable[[], httpx.Response] | httpx.Response | Exception] = []
-        self.gate: anyio.Event | None = None
-        self.arrived = 0
-        self.issued: list[str] = []
-
-    @property
-    def calls(self) -> int:
-        return self.route.call_count
-
-    def hold(self) -> None:
-        """Make the next requests wait until release() is called."""
-        self.gate = anyio.Event()
-
-    def release(self) -> None:
-        assert self.gate is not None
-        self.gate.set()
-
-    async def _answer(self, request: httpx.Request) -> httpx.Response:
-        self.arrived += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        answer = self.answers.pop(0) if self.answers else None
-        if isinstance(answer, Exception):
-            raise answer
-        if isinstance(answer, httpx.Response):
-            return answer
-        if answer is not None:
-            return answer()
-        body = token_answer()
-        self.issued.append(body["access_token"])
-        return httpx.Response(200, json=body)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[TokenServer]:
-    with respx.mock(assert_all_called=False) as router:
-        yield TokenServer(router)
 
 
 def make_auth(clock: FakeClock | None = None, **kwargs: Any) -> PaymeAuth:

@@ -1,0 +1,376 @@
+"""Zero-wait renewal: the advisory window, outage tolerance, no spinning, and stats()."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from payme_auth import (
+    AccessToken,
+    InvalidCredentialsError,
+    PaymeAuth,
+    RetryPolicy,
+    TokenEndpointUnavailableError,
+    TokenRefusedError,
+)
+
+from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRY, FakeClock, TokenServer, token_answer
+
+pytestmark = pytest.mark.anyio
+
+LIFETIME = 100
+# With a 30 s margin on a 100 s token: mandatory at 70 s, advisory at 2/3 of that, 46.67 s.
+MARGIN = 30.0
+ADVISORY = 70 * 2 / 3
+MANDATORY = 70.0
+
+
+def answer(expires_in: int = LIFETIME, **fields: Any) -> Callable[[], httpx.Response]:
+    return lambda: httpx.Response(200, json=token_answer(expires_in=expires_in, **fields))
+
+
+@pytest.fixture(params=[False, True], ids=["bare", "async-with"])
+async def auth(
+    request: pytest.FixtureRequest, clock: FakeClock, server: TokenServer
+) -> AsyncIterator[PaymeAuth]:
+    """A PaymeAuth on the fake clock, used bare or inside async with."""
+    instance = PaymeAuth(
+        CLIENT_ID, CLIENT_SECRET, clock=clock, retry=FAST_RETRY, refresh_margin=MARGIN
+    )
+    if request.param:
+        async with instance:
+            yield instance
+    else:
+        yield instance
+        await instance.aclose()
+
+
+def settle_now(coroutine: Any) -> AccessToken:
+    """Run *coroutine* to its end without letting it suspend; fail if it would wait."""
+    with pytest.raises(StopIteration) as finished:
+        coroutine.send(None)
+    value = finished.value.value
+    assert isinstance(value, AccessToken)
+    return value
+
+
+async def let_background_run(server: TokenServer, calls: int) -> None:
+    """Yield to the event loop until the token endpoint has answered *calls* times."""
+    with anyio.fail_after(5):
+        while server.calls < calls or (server.gate is not None and not server.gate.is_set()):
+            await anyio.sleep(0.001)
+        await anyio.sleep(0.01)  # let the flight land after its answer
+
+
+async def test_fresh_token_starts_no_renewal(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """Before the advisory point the token is served and nothing is sent."""
+    first = await auth.get_token()
+    clock.advance(ADVISORY - 0.01)
+    assert settle_now(auth.get_token()) is first
+    await anyio.sleep(0.02)
+    assert server.calls == 1
+    assert auth.stats().state == "fresh"
+
+
+async def test_advisory_window_renews_in_the_background(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """In the advisory window the caller gets the token at once and one renewal runs."""
+    server.answers.extend([answer(), answer()])
+    first = await auth.get_token()
+    clock.advance(ADVISORY + 0.01)
+    assert auth.stats().state == "renewing"
+    server.hold()
+    for _ in range(50):  # many callers, none waits, one renewal
+        assert settle_now(auth.get_token()) is first
+    server.release()
+    await let_background_run(server, 2)
+    second = settle_now(auth.get_token())
+    assert second is not first
+    assert server.calls == 2
+    stats = auth.stats()
+    assert (stats.renewals, stats.background_renewals, stats.failed_renewals) == (1, 1, 0)
+    assert stats.state == "fresh"
+
+
+async def test_http_requests_never_wait_for_a_background_renewal(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """Through httpx, requests in the advisory window go out while the renewal is held."""
+    server.answers.extend([answer(), answer()])
+    sent: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["authorization"])
+        return httpx.Response(200)
+
+    async with (
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET, clock=clock, refresh_margin=MARGIN) as auth,
+        httpx.AsyncClient(transport=httpx.MockTransport(api), auth=auth) as client,
+    ):
+        first = await auth.get_token()
+        clock.advance(ADVISORY + 1)
+        server.hold()
+        with anyio.fail_after(2):
+            for _ in range(20):
+                assert (await client.get("https://api.preprod.alignet.io/charges")).is_success
+        assert set(sent) == {first.authorization}
+        server.release()
+        await let_background_run(server, 2)
+        await client.get("https://api.preprod.alignet.io/charges")
+        assert sent[-1] != first.authorization
+
+
+async def test_failed_renewal_keeps_the_token_and_pauses(
+    auth: PaymeAuth,
+    clock: FakeClock,
+    server: TokenServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A background renewal that fails leaves the token in use and is retried after a pause."""
+    server.answers.extend([answer(), httpx.Response(503), answer()])
+    first = await auth.get_token()
+    clock.advance(ADVISORY + 1)
+    assert settle_now(auth.get_token()) is first
+    await let_background_run(server, 2)
+    assert server.calls == 2  # one attempt: background renewals are paced, not retried
+    for _ in range(10):  # within the pause (100 s / 20 = 5 s, -20 %): no new request
+        assert settle_now(auth.get_token()) is first
+    await anyio.sleep(0.02)
+    assert server.calls == 2
+    stats = auth.stats()
+    assert stats.failed_renewals == 1
+    assert stats.failed_fetches == 0
+    assert stats.last_error is not None
+    assert "503" in stats.last_error
+    assert any(
+        record.levelno == logging.WARNING and "background renewal failed" in record.getMessage()
+        for record in caplog.records
+    )
+    clock.advance(6.01)  # past the longest pause
+    assert settle_now(auth.get_token()) is first
+    await let_background_run(server, 3)
+    assert settle_now(auth.get_token()) is not first
+
+
+async def test_retry_after_lengthens_the_pause(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """A Retry-After longer than the pause is honoured before the next renewal."""
+    server.answers.extend([answer(), httpx.Response(503, headers={"Retry-After": "12"})])
+    await auth.get_token()
+    clock.advance(ADVISORY + 1)
+    await auth.get_token()
+    await let_background_run(server, 2)
+    clock.advance(11.9)
+    await auth.get_token()
+    await anyio.sleep(0.02)
+    assert server.calls == 2
+    clock.advance(0.2)
+    await auth.get_token()
+    await let_background_run(server, 3)
+    assert server.calls == 3
+
+
+async def test_refusal_during_renewal_is_reported_but_the_token_stays(
+    auth: PaymeAuth,
+    clock: FakeClock,
+    server: TokenServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 401 during a background renewal is logged at ERROR; the valid token stays in use."""
+    server.answers.extend([answer(), httpx.Response(401)])
+    first = await auth.get_token()
+    clock.advance(ADVISORY + 1)
+    await auth.get_token()
+    await let_background_run(server, 2)
+    assert settle_now(auth.get_token()) is first
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "refused" in errors[0].getMessage()
+
+
+async def test_inside_the_margin_callers_wait_and_failure_raises(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """Past the mandatory point, callers wait for a fetch; if that fetch fails, they get it."""
+    server.answers.extend([answer(), *[httpx.Response(503)] * 3])
+    await auth.get_token()
+    clock.advance(MANDATORY + 1)
+    assert auth.stats().state == "due"
+    with pytest.raises(TokenEndpointUnavailableError) as caught:
+        await auth.get_token()
+    assert caught.value.attempts == 3
+    assert auth.stats().failed_fetches == 1
+
+
+async def test_waiter_on_a_failed_background_renewal_fetches_for_itself(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """A caller that must wait, and joins a background renewal that fails, leads its own."""
+    server.answers.extend([answer(), httpx.Response(503), answer()])
+    first = await auth.get_token()
+    clock.advance(ADVISORY + 1)
+    server.hold()
+    await auth.get_token()  # starts the background renewal, held at the gate
+    clock.advance(MANDATORY - ADVISORY)  # now inside the margin: callers must wait
+
+    async def release_soon() -> None:
+        await anyio.sleep(0.02)
+        server.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_soon)
+        with anyio.fail_after(5):
+            token = await auth.get_token()
+    assert token is not first
+    assert server.calls == 3
+    assert auth.stats().failed_fetches == 0
+
+
+async def test_same_token_again_does_not_spin(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """A renewal that returns the same token is not repeated until the pause is over."""
+    body = token_answer(expires_in=LIFETIME)
+    same = body["access_token"]
+    server.answers.extend(
+        [
+            lambda: httpx.Response(200, json=body),
+            lambda: httpx.Response(200, json={**body, "expires_in": LIFETIME - 50}),
+        ]
+    )
+    first = await auth.get_token()
+    clock.advance(MANDATORY + 1)  # inside the margin: this caller waits for the fetch
+    again = await auth.get_token()
+    assert again.value == same
+    for _ in range(20):  # the token is kept through the pause, even inside the margin
+        assert settle_now(auth.get_token()).value == same
+    assert server.calls == 2
+    assert auth.stats().failed_renewals == 1
+    assert first.value == same
+
+
+async def test_expired_token_is_never_served(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """Once the token has expired, callers wait for a new one whatever the pauses say."""
+    server.answers.extend([answer(), answer(), answer()])
+    first = await auth.get_token()
+    clock.advance(LIFETIME + 1)
+    assert auth.stats().state == "expired"
+    assert await auth.get_token() is not first
+
+
+async def test_advisory_window_can_be_turned_off(clock: FakeClock, server: TokenServer) -> None:
+    """With advisory_ratio=None nothing is renewed before the refresh margin."""
+    auth = PaymeAuth(
+        CLIENT_ID, CLIENT_SECRET, clock=clock, refresh_margin=MARGIN, advisory_ratio=None
+    )
+    first = await auth.get_token()
+    clock.advance(MANDATORY - 0.1)
+    assert settle_now(auth.get_token()) is first
+    await anyio.sleep(0.02)
+    assert server.calls == 1
+    await auth.aclose()
+
+
+@pytest.mark.parametrize("ratio", [0, -0.1, 1.5, True, "0.5", float("nan")])
+def test_advisory_ratio_is_validated(ratio: object) -> None:
+    """advisory_ratio must be a number in (0, 1] or None."""
+    from payme_auth import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="advisory_ratio"):
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET, advisory_ratio=ratio)  # type: ignore[arg-type]
+
+
+async def test_closing_cancels_a_background_renewal(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """aclose() during a background renewal ends it and leaves no task behind."""
+    server.answers.append(answer())
+    await auth.get_token()
+    tasks_before = len(anyio.get_running_tasks())
+    clock.advance(ADVISORY + 1)
+    server.hold()
+    await auth.get_token()
+    with anyio.fail_after(5):
+        while server.arrived < 2:
+            await anyio.sleep(0.001)
+    assert len(anyio.get_running_tasks()) > tasks_before
+    await auth.aclose()
+    with anyio.fail_after(5):
+        while len(anyio.get_running_tasks()) > tasks_before:
+            await anyio.sleep(0.001)
+    assert auth.stats().state == "closed"
+
+
+async def test_stats_follow_the_token_through_its_life(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """stats() reports state, age, time left and counters, and holds no secret."""
+    auth = PaymeAuth(
+        CLIENT_ID,
+        CLIENT_SECRET,
+        clock=clock,
+        refresh_margin=MARGIN,
+        retry=RetryPolicy(attempts=1),
+    )
+    assert auth.stats().state == "none"
+    server.answers.append(httpx.Response(400, json={"error_description": CLIENT_SECRET}))
+    with pytest.raises(TokenRefusedError):
+        await auth.get_token()
+    token = await auth.get_token()
+    clock.advance(10)
+    stats = auth.stats()
+    assert stats.state == "fresh"
+    assert stats.token_fingerprint == token.fingerprint
+    assert stats.token_age == 10
+    assert stats.time_left == 8590
+    assert stats.token_requests == 2
+    assert stats.tokens_obtained == 1
+    assert stats.failed_fetches == 1
+    assert stats.last_error_age == 10
+    text = repr(stats)
+    assert CLIENT_SECRET not in text
+    assert token.value not in text
+    await auth.aclose()
+    assert auth.stats().state == "closed"
+
+
+async def test_replays_are_counted(server: TokenServer) -> None:
+    """Each request replayed after a 401 counts in stats().replays."""
+    answers = iter([401, 200])
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(next(answers))
+
+    async with (
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET) as auth,
+        httpx.AsyncClient(transport=httpx.MockTransport(api), auth=auth) as client,
+    ):
+        response = await client.get("https://api.preprod.alignet.io/charges")
+    assert response.status_code == 200
+    assert auth.stats().replays == 1
+    assert auth.stats().token_requests == 2
+
+
+async def test_wrong_secret_during_renewal_then_inside_the_margin_raises(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """Revoked credentials: the token serves until the margin, then callers get the refusal."""
+    server.answers.extend([answer(), httpx.Response(401), httpx.Response(401)])
+    first = await auth.get_token()
+    clock.advance(ADVISORY + 1)
+    assert settle_now(auth.get_token()) is first
+    await let_background_run(server, 2)
+    clock.advance(MANDATORY - ADVISORY)
+    with pytest.raises(InvalidCredentialsError):
+        await auth.get_token()
