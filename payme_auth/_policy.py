@@ -6,11 +6,12 @@ Rules:
   getting the token at once. From the mandatory point on, callers wait for a new token.
 - The mandatory margin is ``refresh_margin`` seconds before expiry, capped at half the
   lifetime (a 60 s margin on a 59 s token must not make every call fetch a new one).
-- The advisory point is ``advisory_ratio`` of the way from the token's issue to the
-  mandatory point: about two thirds of its life by default, for a 10 s token as for a day.
+- The advisory point is ``advisory_ratio`` (2/3 by default) of the way from the token's
+  issue to the mandatory point: two thirds of its life for a long-lived token, one third
+  for a token shorter than twice the margin, whose margin is half its life.
 - A renewal that failed, or that brought back no newer token, is tried again after a
-  pause of a twentieth of the token's lifetime, at least 0.05 s and at most 5 s, with
-  jitter, and never sooner than the server's ``Retry-After``.
+  pause of a twentieth of the token's lifetime with ±20 % jitter, kept between 0.05 and
+  5 s, and never sooner than the server's ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class Windows:
 def renewal_pause(expires_in: float, *, retry_after: float | None, draw: float) -> float:
     """How long to wait before renewing again after a failed or fruitless renewal.
 
-    A twentieth of the lifetime, between 0.05 and 5 seconds, times a random factor between
-    0.8 and 1.2 (*draw* is in ``[0, 1)``), and never less than *retry_after*.
+    A twentieth of the lifetime times a random factor between 0.8 and 1.2 (*draw* is in
+    ``[0, 1)``), kept between 0.05 and 5 seconds, and never less than *retry_after*.
     """
-    base = min(MAX_RENEWAL_PAUSE, max(MIN_RENEWAL_PAUSE, expires_in / 20.0))
-    return max(base * (0.8 + 0.4 * draw), retry_after or 0.0)
+    jittered = expires_in / 20.0 * (0.8 + 0.4 * draw)
+    return max(min(MAX_RENEWAL_PAUSE, max(MIN_RENEWAL_PAUSE, jittered)), retry_after or 0.0)

@@ -9,12 +9,13 @@ Rules:
   while it is in the air gets its outcome, the token *or the error*: a failing endpoint is
   hit once per flight, not once per waiter.
 - A background renewal's failure is nobody's error: the still-valid token stays in use,
-  the failure is logged, and the renewal is tried again after a pause (a twentieth of the
-  lifetime, 0.05 to 5 s, jittered, never sooner than ``Retry-After``). A caller that had
+  the failure is logged (at ERROR when the server refused, else WARNING), and the renewal
+  is tried again after a pause (a twentieth of the lifetime, jittered, kept between 0.05
+  and 5 s, never sooner than ``Retry-After``). A caller that had
   to wait on a background renewal that failed goes round and leads a fetch of its own.
-- A renewal that brings back the same token, or one that expires no later, is not
-  repeated at once: the better token stays in use and renewal pauses as after a failure,
-  even inside the refresh margin, until the token actually expires.
+- A renewal that brings back a token expiring no later than the cached one (the same
+  token again, from a server that caches them) is not repeated at once: the cached token
+  stays in use and renewal pauses as after a failure, even inside the refresh margin.
 - Cancelling a caller never cancels a flight for the others. Background renewals, and
   inside ``async with`` every flight, run in tasks of the provider's own: in its task
   group when it has one, else as a detached task of the event loop. Without ``async with``
@@ -238,25 +239,24 @@ class TokenProvider:
             flight.done.set()
 
     def _accept(self, new: AccessToken, *, background: bool) -> AccessToken:
-        """Take a fetched token into the cache, unless it is no newer than the cached one."""
+        """Take a fetched token into the cache, unless it expires no later than the cached one."""
         self._tokens_obtained += 1
         old = self._token
-        if old is not None and (new.value == old.value or new.expires_at <= old.expires_at):
-            best = new if new.expires_at > old.expires_at else old
+        if old is not None and new.expires_at <= old.expires_at:
+            # The same token again (a server that caches tokens), or an older one: keep
+            # ours, and do not ask again at once, even inside the margin.
             now = self._clock()
-            pause = renewal_pause(best.expires_in, retry_after=None, draw=self._fetcher.draw())
+            pause = renewal_pause(old.expires_in, retry_after=None, draw=self._fetcher.draw())
             self._renew_after = self._hold_until = now + pause
-            self._failed_renewals += 1
+            if background:
+                self._failed_renewals += 1
             logger.warning(
-                "the token endpoint returned no newer token than %s; using it, and renewing "
-                "again in %.2f s",
+                "the token endpoint returned no newer token than %s; keeping it, and "
+                "renewing again in %.2f s",
                 old.fingerprint,
                 pause,
             )
-            if best is new:
-                self._token = new
-                self._windows = attrs.evolve(self._windows, expires_at=new.expires_at)
-            return best
+            return old
         if old is not None:
             self._renewals += 1
             if background:

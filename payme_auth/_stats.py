@@ -32,7 +32,7 @@ class AuthStats:
         renewals: tokens received to replace a cached one, in the background or not.
         background_renewals: tokens received by a renewal no caller waited for.
         failed_fetches: fetches callers waited for that ended in an error.
-        failed_renewals: background renewals that ended without a newer token.
+        failed_renewals: background renewals that failed or brought no newer token.
         replays: API requests replayed after a 401.
         last_error: the last fetch error, as text, or ``None``.
         last_error_age: seconds since that error, or ``None``.

@@ -238,24 +238,44 @@ async def test_waiter_on_a_failed_background_renewal_fetches_for_itself(
 async def test_same_token_again_does_not_spin(
     auth: PaymeAuth, clock: FakeClock, server: TokenServer
 ) -> None:
-    """A renewal that returns the same token is not repeated until the pause is over."""
+    """A fetch that returns the same token, expiring no later, is not repeated at once."""
     body = token_answer(expires_in=LIFETIME)
     same = body["access_token"]
     server.answers.extend(
         [
             lambda: httpx.Response(200, json=body),
-            lambda: httpx.Response(200, json={**body, "expires_in": LIFETIME - 50}),
+            # What a caching server says 71 s later: the same token, 28 s left (1 s lost).
+            lambda: httpx.Response(200, json={**body, "expires_in": LIFETIME - 72}),
         ]
     )
     first = await auth.get_token()
     clock.advance(MANDATORY + 1)  # inside the margin: this caller waits for the fetch
-    again = await auth.get_token()
-    assert again.value == same
+    assert await auth.get_token() is first
     for _ in range(20):  # the token is kept through the pause, even inside the margin
-        assert settle_now(auth.get_token()).value == same
+        assert settle_now(auth.get_token()) is first
     assert server.calls == 2
-    assert auth.stats().failed_renewals == 1
-    assert first.value == same
+    assert auth.stats().failed_fetches == 0
+
+
+async def test_same_token_with_a_later_expiry_gets_new_windows(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """The same token with a later expiry is taken as renewed, its windows placed anew."""
+    body = token_answer(expires_in=LIFETIME)
+    server.answers.extend(
+        [
+            lambda: httpx.Response(200, json=body),
+            lambda: httpx.Response(200, json={**body, "expires_in": 50}),
+        ]
+    )
+    await auth.get_token()
+    clock.advance(MANDATORY + 1)
+    renewed = await auth.get_token()
+    assert renewed.expires_at == clock.now + 50
+    assert auth.stats().state == "fresh"
+    for _ in range(20):
+        assert settle_now(auth.get_token()) is renewed
+    assert server.calls == 2
 
 
 async def test_expired_token_is_never_served(
