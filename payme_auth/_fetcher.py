@@ -142,9 +142,7 @@ class TokenFetcher:
             problem = f"no complete answer within {self._deadline:g} s"
         if problem is not None:
             return Failure(
-                error=TokenError(
-                    f"it could not be reached: {clean_text(problem, self._secrets)}"
-                ),
+                error=TokenError(f"it could not be reached: {clean_text(problem, self._secrets)}"),
                 retryable=True,
             )
         return read_token_response(
