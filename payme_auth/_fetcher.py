@@ -184,16 +184,24 @@ def _unavailable(outcome: Failure, attempts: int) -> TokenEndpointUnavailableErr
 
 
 async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
-    """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more."""
+    """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more.
+
+    The raw bytes are read to the end and decoded afterwards, in memory: httpx's decoding
+    iterator, stopped half-way by a bad byte, leaves its inner iterator to the garbage
+    collector. Past the limit nothing more is kept; the attempt's deadline bounds the time.
+    """
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
         return b"", True
-    # Past the limit, go on reading but keep nothing: stopping httpx's iterators half-way
-    # leaves one of them to the garbage collector. The attempt's deadline bounds the time.
-    body = bytearray()
+    raw = bytearray()
     truncated = False
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         if not truncated:
-            body += chunk
-            truncated = len(body) > MAX_RESPONSE_BYTES
-    return bytes(body[:MAX_RESPONSE_BYTES]), truncated
+            raw += chunk
+            truncated = len(raw) > MAX_RESPONSE_BYTES
+    if truncated:
+        return b"", True
+    if response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
+        return bytes(raw), False
+    body = httpx.Response(200, headers=response.headers, content=bytes(raw)).content
+    return body[:MAX_RESPONSE_BYTES], len(body) > MAX_RESPONSE_BYTES

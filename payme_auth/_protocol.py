@@ -301,7 +301,8 @@ def _token_from(
         raise TokenResponseError(
             "the token answer's success field is neither true nor false", status_code=status
         )
-    if found.code is not None and found.code != "00":
+    raw_code, _ = _pay_me_status(data)
+    if raw_code is not None and (not isinstance(raw_code, str) or raw_code.strip() != "00"):
         raise TokenResponseError(
             "the token answer reports a non-success status",
             status_code=status,

@@ -8,20 +8,21 @@ Rules:
 - At most one token fetch is in flight per provider (a *flight*). Every caller that waits
   while it is in the air gets its outcome, the token *or the error*: a failing endpoint is
   hit once per flight, not once per waiter.
-- A background renewal's failure is nobody's error: the still-valid token stays in use,
-  the failure is logged (at ERROR when the server refused, else WARNING), and the renewal
-  is tried again after a pause (a twentieth of the lifetime, jittered, kept between 0.05
-  and 5 s, never sooner than ``Retry-After``). A caller that had
-  to wait on a background renewal that failed goes round and leads a fetch of its own.
-- A renewal that brings back a token expiring no later than the cached one (the same
-  token again, from a server that caches them) is not repeated at once: the cached token
-  stays in use and renewal pauses as after a failure, even inside the refresh margin.
+- While the cached token has not expired, a failed fetch is nobody's error, inside the
+  refresh margin too: the valid token stays in use (callers that waited get it), the
+  failure is logged (at ERROR when the server refused, else WARNING), and renewal goes on
+  in the background after a pause (a twentieth of the lifetime, jittered, kept between
+  0.05 and 5 s, never sooner than ``Retry-After``) until a new token comes or the old one
+  expires. Only then, or with no token at all, or for ``refresh()``, does an error reach
+  callers. A renewal that brings back a token expiring no later than the cached one (the
+  same token again, from a server that caches them) is handled the same way.
 - Cancelling a caller never cancels a flight for the others. Background renewals, and
   inside ``async with`` every flight, run in tasks of the provider's own: in its task
   group when it has one, else as a detached task of the event loop. Without ``async with``
   a caller that must wait leads the flight itself; if it is cancelled the flight is
   abandoned, every waiter wakes, and one of them leads a new one.
-- Nothing failed or abandoned is cached: the next caller after a failure starts afresh.
+- Nothing failed or abandoned is cached: with no valid token, the next caller after a
+  failure starts a fetch afresh.
 """
 
 from __future__ import annotations
@@ -146,10 +147,15 @@ class TokenProvider:
             return None
         if now < windows.advisory_at:
             return token
-        if now < windows.mandatory_at:
+        if now < windows.mandatory_at or now < min(self._hold_until, windows.expires_at):
             self._renew_in_background(now)
             return token
-        if now < self._hold_until and now < windows.expires_at:
+        return None
+
+    def _valid(self) -> AccessToken | None:
+        """The cached token if it has not expired, whatever its windows say."""
+        token = self._token
+        if token is not None and self._clock() < token.expires_at:
             return token
         return None
 
@@ -185,12 +191,19 @@ class TokenProvider:
                 else:
                     # No task group to run it in: this caller leads the flight itself.
                     await self._fly(flight)
-                    return flight.outcome()
+                    return self._settle(flight, accept_cached=accept_cached)
             await flight.done.wait()
             if not flight.abandoned and not (flight.background and flight.error):
-                return flight.outcome()
+                return self._settle(flight, accept_cached=accept_cached)
             # The leader was cancelled, or a background renewal failed: go round, and
             # lead or join a fetch whose outcome is ours to share.
+
+    def _settle(self, flight: _Flight, *, accept_cached: bool) -> AccessToken:
+        """The flight's token; after a failure, a caller that did not force a refresh gets
+        the cached token instead, for as long as it has not expired."""
+        if flight.error is not None and accept_cached and (token := self._valid()) is not None:
+            return token
+        return flight.outcome()
 
     def _renew_in_background(self, now: float) -> None:
         if self._flight is not None or now < self._renew_after or self._closed:
@@ -223,7 +236,7 @@ class TokenProvider:
         except Exception as error:  # noqa: BLE001 - shared with every waiter, raised by each of them
             if self._closed and not isinstance(error, PaymeAuthError):
                 error = _closed_while_fetching()
-            self._note_failure(error, background=flight.background)
+            self._note_failure(error)
             flight.fail(error)
         except BaseException:  # cancelled: the waiters go round and one of them leads anew
             flight.abandoned = True
@@ -247,7 +260,8 @@ class TokenProvider:
             # ours, and do not ask again at once, even inside the margin.
             now = self._clock()
             pause = renewal_pause(old.expires_in, retry_after=None, draw=self._fetcher.draw())
-            self._renew_after = self._hold_until = now + pause
+            self._renew_after = now + pause
+            self._hold_until = old.expires_at
             if background:
                 self._failed_renewals += 1
             logger.warning(
@@ -264,27 +278,28 @@ class TokenProvider:
         self._install(new)
         return new
 
-    def _note_failure(self, error: Exception, *, background: bool) -> None:
+    def _note_failure(self, error: Exception) -> None:
         now = self._clock()
         self._last_error = (str(error), now)
-        token = self._token
-        if not background or token is None:
+        token = self._valid()
+        if token is None:
             self._failed_fetches += 1
             logger.warning("could not get a token: %s", error)
             return
+        # A valid token stays in use until it expires; renewal goes on in the background.
         self._failed_renewals += 1
         retry_after = (
             error.retry_after if isinstance(error, TokenEndpointUnavailableError) else None
         )
         pause = renewal_pause(token.expires_in, retry_after=retry_after, draw=self._fetcher.draw())
         self._renew_after = now + pause
+        self._hold_until = token.expires_at
         refused = isinstance(error, TokenError) and not isinstance(
             error, TokenEndpointUnavailableError
         )
         log = logger.error if refused else logger.warning
         log(
-            "background renewal failed: %s; token %s stays in use (%.0f s left), "
-            "next try in %.2f s",
+            "renewal failed: %s; token %s stays in use (%.0f s left), next try in %.2f s",
             error,
             token.fingerprint,
             token.remaining(now),

@@ -610,9 +610,6 @@ async def _expect_closed(auth: PaymeAuth) -> None:
         await auth.get_token()
 
 
-# httpx leaves its raw-bytes iterator suspended when its own decoder fails, and trio reports
-# that generator when it is collected; the error raised to the caller is what is tested here.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_undecodable_answer_is_a_response_error(server: TokenServer) -> None:
     """A body that claims gzip but is not gives TokenResponseError, not a raw httpx error."""
 

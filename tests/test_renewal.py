@@ -151,7 +151,7 @@ async def test_failed_renewal_keeps_the_token_and_pauses(
     assert stats.last_error is not None
     assert "503" in stats.last_error
     assert any(
-        record.levelno == logging.WARNING and "background renewal failed" in record.getMessage()
+        record.levelno == logging.WARNING and "renewal failed" in record.getMessage()
         for record in caplog.records
     )
     clock.advance(6.01)  # past the longest pause
@@ -197,24 +197,50 @@ async def test_refusal_during_renewal_is_reported_but_the_token_stays(
     assert "refused" in errors[0].getMessage()
 
 
-async def test_inside_the_margin_callers_wait_and_failure_raises(
+async def test_inside_the_margin_a_failed_fetch_falls_back_to_the_valid_token(
     auth: PaymeAuth, clock: FakeClock, server: TokenServer
 ) -> None:
-    """Past the mandatory point, callers wait for a fetch; if that fetch fails, they get it."""
+    """Past the mandatory point callers wait; if the fetch fails they get the valid token."""
     server.answers.extend([answer(), *[httpx.Response(503)] * 3])
-    await auth.get_token()
+    first = await auth.get_token()
     clock.advance(MANDATORY + 1)
     assert auth.stats().state == "due"
+    assert await auth.get_token() is first
+    assert server.calls == 4  # one waited-on fetch: three attempts
+    for _ in range(10):  # no more waiting, no storm: renewal goes on in the background
+        assert settle_now(auth.get_token()) is first
+    await anyio.sleep(0.02)
+    assert server.calls == 4
+    stats = auth.stats()
+    assert (stats.failed_fetches, stats.failed_renewals) == (0, 1)
+
+
+async def test_failure_reaches_callers_once_the_token_expired(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """With the token expired, a failed fetch is the callers' error."""
+    server.answers.extend([answer(), *[httpx.Response(503)] * 3])
+    await auth.get_token()
+    clock.advance(LIFETIME)
     with pytest.raises(TokenEndpointUnavailableError) as caught:
         await auth.get_token()
     assert caught.value.attempts == 3
     assert auth.stats().failed_fetches == 1
 
 
-async def test_waiter_on_a_failed_background_renewal_fetches_for_itself(
+async def test_refresh_raises_even_with_a_valid_token(auth: PaymeAuth, server: TokenServer) -> None:
+    """refresh() asks for a new token: its failure is raised, the valid token kept."""
+    server.answers.extend([answer(), httpx.Response(401)])
+    first = await auth.get_token()
+    with pytest.raises(InvalidCredentialsError):
+        await auth.refresh()
+    assert settle_now(auth.get_token()) is first
+
+
+async def test_waiter_on_a_failed_background_renewal_gets_the_valid_token(
     auth: PaymeAuth, clock: FakeClock, server: TokenServer
 ) -> None:
-    """A caller that must wait, and joins a background renewal that fails, leads its own."""
+    """A caller that must wait, and joins a background renewal that fails, gets the token."""
     server.answers.extend([answer(), httpx.Response(503), answer()])
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
@@ -230,9 +256,13 @@ async def test_waiter_on_a_failed_background_renewal_fetches_for_itself(
         tg.start_soon(release_soon)
         with anyio.fail_after(5):
             token = await auth.get_token()
-    assert token is not first
-    assert server.calls == 3
+    assert token is first
+    assert server.calls == 2
     assert auth.stats().failed_fetches == 0
+    clock.advance(6)  # after the pause, the next caller renews in the background
+    assert settle_now(auth.get_token()) is first
+    await let_background_run(server, 3)
+    assert settle_now(auth.get_token()) is not first
 
 
 async def test_same_token_again_does_not_spin(
@@ -240,7 +270,6 @@ async def test_same_token_again_does_not_spin(
 ) -> None:
     """A fetch that returns the same token, expiring no later, is not repeated at once."""
     body = token_answer(expires_in=LIFETIME)
-    same = body["access_token"]
     server.answers.extend(
         [
             lambda: httpx.Response(200, json=body),
@@ -382,15 +411,22 @@ async def test_replays_are_counted(server: TokenServer) -> None:
     assert auth.stats().token_requests == 2
 
 
-async def test_wrong_secret_during_renewal_then_inside_the_margin_raises(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+async def test_revoked_credentials_serve_the_token_until_it_expires(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Revoked credentials: the token serves until the margin, then callers get the refusal."""
-    server.answers.extend([answer(), httpx.Response(401), httpx.Response(401)])
+    """Revoked credentials: the token serves until it expires, then callers get the refusal."""
+    server.answers.extend([answer(), *[httpx.Response(401)] * 3])
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
     assert settle_now(auth.get_token()) is first
     await let_background_run(server, 2)
     clock.advance(MANDATORY - ADVISORY)
+    assert settle_now(auth.get_token()) is first  # inside the margin, still valid
+    assert all(
+        "refused" in record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.ERROR
+    )
+    clock.advance(LIFETIME - MANDATORY)
     with pytest.raises(InvalidCredentialsError):
         await auth.get_token()
