@@ -234,10 +234,12 @@ class PaymeAuth(httpx.Auth):
         """Return a valid access token: the cached one, or a new one when it is due.
 
         However many tasks call this at once, at most one token request is in flight; all
-        of them get its token, or its error.
+        of them get its token, or its error. While the cached token has not expired, a
+        failed fetch is logged and that token returned instead.
 
         Raises:
-            TokenError: no token could be obtained (see its subclasses).
+            TokenError: no token could be obtained and none valid was cached (see its
+                subclasses).
             AuthClosedError: :meth:`aclose` was called.
         """
         token = self._provider.current()

@@ -3,7 +3,8 @@
 Rules:
 - A token's life has three parts. Until the *advisory* point it is simply used. From
   there to the *mandatory* point one background renewal may run while every caller keeps
-  getting the token at once. From the mandatory point on, callers wait for a new token.
+  getting the token at once. From the mandatory point on, callers wait for a new token
+  (unless a renewal of this token already failed: then it serves until it expires).
 - The mandatory margin is ``refresh_margin`` seconds before expiry, capped at half the
   lifetime (a 60 s margin on a 59 s token must not make every call fetch a new one).
 - The advisory point is ``advisory_ratio`` (2/3 by default) of the way from the token's

@@ -22,7 +22,8 @@ class AuthStats:
         state: where the token is in its life: ``"none"`` (no token yet, or it was
             dropped), ``"fresh"`` (before the advisory window), ``"renewing"`` (in the
             advisory window, where one background renewal may run), ``"due"`` (inside the
-            refresh margin, where callers wait), ``"expired"``, or ``"closed"``.
+            refresh margin, where callers wait for a new token unless a renewal already
+            failed), ``"expired"``, or ``"closed"``.
         token_fingerprint: the cached token's fingerprint, or ``None``.
         token_age: seconds since the cached token was requested, or ``None``.
         time_left: seconds until the cached token expires (negative once expired), or
@@ -31,8 +32,10 @@ class AuthStats:
         tokens_obtained: tokens received.
         renewals: tokens received to replace a cached one, in the background or not.
         background_renewals: tokens received by a renewal no caller waited for.
-        failed_fetches: fetches callers waited for that ended in an error.
-        failed_renewals: background renewals that failed or brought no newer token.
+        failed_fetches: fetches that failed with no unexpired token cached: their error
+            reached the callers.
+        failed_renewals: fetches that failed while an unexpired token was cached (the
+            token stayed in use), and background renewals that brought no newer token.
         replays: API requests replayed after a 401.
         last_error: the last fetch error, as text, or ``None``.
         last_error_age: seconds since that error, or ``None``.
