@@ -190,6 +190,9 @@ async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
     iterator, stopped half-way by a bad byte, leaves its inner iterator to the garbage
     collector. Past the limit nothing more is kept; the attempt's deadline bounds the time.
     """
+    if response.is_stream_consumed:  # an answer built in memory (httpx.MockTransport)
+        body = response.content
+        return body[:MAX_RESPONSE_BYTES], len(body) > MAX_RESPONSE_BYTES
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
         return b"", True

@@ -638,3 +638,26 @@ async def test_renewals_and_refreshes_are_logged(
     messages = [record.getMessage() for record in caplog.records if record.levelname == "INFO"]
     assert f"renewing token {first.fingerprint} (20 s of its life left)" in messages
     assert "refreshing the token on request" in messages
+
+
+async def test_answer_from_a_mock_transport_is_read() -> None:
+    """A borrowed client on httpx.MockTransport (answers already in memory) works."""
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=token_answer())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(token_endpoint)) as client:
+        auth = make_auth(http_client=client)
+        token = await auth.get_token()
+    assert token.expires_in == 8600
+
+
+async def test_oversized_answer_from_a_mock_transport_is_refused() -> None:
+    """An in-memory answer over the size limit is refused like a streamed one."""
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b" " * 300_000)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(token_endpoint)) as client:
+        with pytest.raises(TokenResponseError, match="larger than"):
+            await make_auth(http_client=client).get_token()

@@ -132,7 +132,9 @@ def run_emulator(
         ) from exc
     app = PaymeEmulator() if emulator is None else emulator
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY only on sockets that say so,
+    # and without it every kept-alive answer waits ~40 ms for Nagle's algorithm.
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen()
