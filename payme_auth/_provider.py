@@ -280,11 +280,14 @@ class TokenProvider:
 
     def _note_failure(self, error: Exception) -> None:
         now = self._clock()
-        self._last_error = (str(error), now)
+        # Log the text, not the exception: a handler that keeps records would keep the
+        # error's traceback, and with it the fetch's frames, alive.
+        text = str(error)
+        self._last_error = (text, now)
         token = self._valid()
         if token is None:
             self._failed_fetches += 1
-            logger.warning("could not get a token: %s", error)
+            logger.warning("could not get a token: %s", text)
             return
         # A valid token stays in use until it expires; renewal goes on in the background.
         self._failed_renewals += 1
@@ -300,7 +303,7 @@ class TokenProvider:
         log = logger.error if refused else logger.warning
         log(
             "renewal failed: %s; token %s stays in use (%.0f s left), next try in %.2f s",
-            error,
+            text,
             token.fingerprint,
             token.remaining(now),
             pause,
