@@ -1,8 +1,9 @@
 """Development sessions for payme_auth.
 
 Run ``nox`` for the default sessions (tests on every supported Python, lint,
-typing, docs), ``nox -l`` to list them, or ``nox -s NAME`` for one of them.
-Arguments after ``--`` go to pytest in the ``tests`` sessions, e.g.
+typing, docs), ``nox -l`` to list them, or ``nox -s NAME`` for one of them
+(``nox -s soak`` for the minute-long soak test, which is not a default).
+Arguments after ``--`` go to pytest in the ``tests`` and ``soak`` sessions, e.g.
 ``nox -s tests-3.11 -- -k refresh -x``.
 """
 
@@ -70,6 +71,28 @@ def docs(session: nox.Session) -> None:
         "sphinx-build", "-E", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
     )
     session.log(f"Documentation written to {ROOT / 'docs' / '_build' / 'html' / 'index.html'}")
+
+
+@nox.session(python=MAIN_PYTHON)
+def soak(session: nox.Session) -> None:
+    """Run the soak test: 200 callers, a 4 s token, a flaky token endpoint, asyncio and trio.
+
+    A minute per backend; PAYME_SOAK_SECONDS sets another length (CI runs 8 s). Not one
+    of the default sessions, and not part of the plain ``pytest`` run.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/soak", "-p", "no:cacheprovider", "-q", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark payme_auth against a floor, Authlib and httpx-auth (docs/performance.md).
+
+    Arguments after ``--`` go to ``python -m benchmarks``: ``nox -s bench -- --quick``
+    (CI's short run), ``nox -s bench -- --update-docs`` (rewrite the results page).
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)
