@@ -1,0 +1,599 @@
+"""The five scenarios. Each runs every contender in this process, alternating, round by round.
+
+Every loop here is bounded: by a count, or by a deadline after which what is left is
+cancelled and counted as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import gc
+import io
+import json
+import pstats
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._contenders import CONTENDERS, Contender, Session, Target, start
+from ._measure import Heartbeat, Server, longest_callback, percentile, summary
+
+API_PATH = "/charges/merchant/op-1/tx-1"
+Metrics = dict[str, float]
+
+
+@dataclass
+class Settings:
+    """The sizes of a run: ``full()`` for the record, ``quick()`` for CI."""
+
+    rounds: int
+    cold_rounds_small: int
+    cold_sizes: tuple[int, ...]
+    cold_latencies: tuple[float, ...]
+    cold_rounds_large: int
+    warm_requests: int
+    warm_concurrency: int
+    memory_requests: int
+    renewal_seconds: float
+    renewal_rounds: int
+    outage_lifetime: int
+    outage_seconds: float
+    outage_rounds: int
+    quick: bool = False
+
+    @classmethod
+    def full(cls) -> Settings:
+        return cls(
+            rounds=5,
+            cold_rounds_small=3,
+            cold_sizes=(1_000, 10_000),
+            cold_latencies=(0.05, 0.5),
+            cold_rounds_large=2,
+            warm_requests=20_000,
+            warm_concurrency=64,
+            memory_requests=100_000,
+            renewal_seconds=24.0,
+            renewal_rounds=2,
+            outage_lifetime=16,
+            outage_seconds=5.0,
+            outage_rounds=2,
+        )
+
+    @classmethod
+    def quick_settings(cls) -> Settings:
+        return cls(
+            rounds=2,
+            cold_rounds_small=1,
+            cold_sizes=(1_000,),
+            cold_latencies=(0.05, 0.5),
+            cold_rounds_large=1,
+            warm_requests=1_000,
+            warm_concurrency=64,
+            memory_requests=10_000,
+            renewal_seconds=4.5,
+            renewal_rounds=1,
+            outage_lifetime=6,
+            outage_seconds=2.0,
+            outage_rounds=1,
+            quick=True,
+        )
+
+
+Measure = Callable[[Contender], Awaitable[Metrics]]
+
+
+async def alternate(
+    rounds: int, measure: Measure, log: Callable[[str], None]
+) -> dict[str, list[Metrics]]:
+    """Run *measure* on every contender, *rounds* times, rotating the order each round."""
+    per: dict[str, list[Metrics]] = {c.name: [] for c in CONTENDERS}
+    for index in range(rounds):
+        shift = index % len(CONTENDERS)
+        for contender in CONTENDERS[shift:] + CONTENDERS[:shift]:
+            result = await measure(contender)
+            per[contender.name].append(result)
+            log(f"    round {index + 1}/{rounds} {contender.name}: {_brief(result)}")
+    return per
+
+
+def _brief(metrics: Metrics) -> str:
+    text = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("_"))
+    where = metrics.get("_longest_where")
+    return f"{text} (longest callback in {where})" if where else text
+
+
+def aggregate(
+    per: dict[str, list[Metrics]], ratio_keys: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """Medians and spreads per metric; for *ratio_keys*, the paired ratio to the floor."""
+    out: dict[str, dict[str, Any]] = {}
+    floor = per.get("floor", [])
+    for name, results in per.items():
+        keys = [k for k in results[0] if not k.startswith("_")] if results else []
+        metrics = {k: summary([r[k] for r in results]) for k in keys}
+        ratios = {}
+        for key in ratio_keys:
+            pairs = [r[key] / f[key] for r, f in zip(results, floor, strict=False) if f.get(key)]
+            ratios[key] = summary(pairs)
+        out[name] = {"metrics": metrics, "ratios": ratios}
+    return out
+
+
+def _notes() -> dict[str, str]:
+    return {c.name: c.notes for c in CONTENDERS}
+
+
+async def _fire(client: httpx.AsyncClient, count: int) -> int:
+    """Send *count* concurrent API calls; return how many failed."""
+
+    async def one() -> bool:
+        try:
+            response = await client.get(API_PATH)
+        except Exception:  # noqa: BLE001 - a failed call is what is counted
+            return False
+        return response.status_code == 200
+
+    results = await asyncio.gather(*(one() for _ in range(count)))
+    return results.count(False)
+
+
+# -- 1. cold start -------------------------------------------------------------------------
+
+
+async def cold_start(
+    server: Server, settings: Settings, log: Callable[[str], None]
+) -> dict[str, Any]:
+    cases = []
+    target = Target(token_url=server.token_url, base_url=server.url)
+    for size in settings.cold_sizes:
+        for latency in settings.cold_latencies:
+            label = f"{size:,} requests, token latency {latency * 1000:.0f} ms"
+            log(f"  cold start: {label}")
+
+            async def measure(
+                contender: Contender, size: int = size, latency: float = latency
+            ) -> Metrics:
+                await server.control(
+                    reset=True, set={"token_latency": latency, "token_lifetime": 3600}
+                )
+                heartbeat = Heartbeat()
+                gc.collect()
+                # The collector's pauses land in whichever callback triggers them, at random:
+                # off while measuring, so that stalls are the code's, for every contender.
+                gc.disable()
+                try:
+                    async with contender.open(target) as session, heartbeat.running():
+                        with longest_callback() as longest:
+                            began = time.perf_counter()
+                            await start(session)
+                            failed = await _fire(session.client, size)
+                            wall = time.perf_counter() - began
+                finally:
+                    gc.enable()
+                stats = await server.control()
+                return {
+                    "token_requests": stats["token_requests"],
+                    "stall_ms": heartbeat.max_lateness * 1000,
+                    "longest_callback_ms": longest.seconds * 1000,
+                    "_longest_where": longest.where,  # type: ignore[dict-item]
+                    "wall_s": wall,
+                    "failed": failed,
+                }
+
+            rounds = settings.cold_rounds_small if size <= 1_000 else settings.cold_rounds_large
+            per = await alternate(rounds, measure, log)
+            cases.append(
+                {
+                    "case": label,
+                    "size": size,
+                    "token_latency": latency,
+                    "contenders": aggregate(per, ("wall_s", "stall_ms")),
+                    "raw": per,
+                }
+            )
+    return {"cases": cases, "notes": _notes()}
+
+
+# -- 2. warm overhead ----------------------------------------------------------------------
+
+_TOKEN_ANSWER = {
+    "action": "authorize",
+    "success": True,
+    "access_token": "warm-token-0123456789abcdef",
+    "token_type": "Bearer",
+    "expires_in": 3600,
+    "scope": "create:token post:charges get:charges delete:charges",
+    "authorization": {"meta": {"status": {"code": "00", "message_ilgn": []}}},
+}
+_TOKEN_BODY = json.dumps(_TOKEN_ANSWER).encode()
+_API_ANSWER = json.dumps({"action": "query", "success": True}).encode()
+
+
+def _mock_handler(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/token":
+        # A streamed body, as from a network: a Response made with content= or json= is
+        # read already, and a client that streams the answer (payme_auth does, to cap its
+        # size) gets httpx.StreamConsumed from it.
+        return httpx.Response(
+            200,
+            stream=httpx.ByteStream(_TOKEN_BODY),
+            headers={"content-type": "application/json"},
+        )
+    return httpx.Response(200, content=_API_ANSWER, headers={"content-type": "application/json"})
+
+
+def mock_target() -> Target:
+    transport = httpx.MockTransport(_mock_handler)
+    return Target(
+        token_url="http://127.0.0.1:9/token",
+        base_url="http://127.0.0.1:9",
+        async_transport=transport,
+        sync_transport=transport,
+    )
+
+
+async def _sequential(session: Session, count: int) -> float:
+    client = session.client
+    began = time.perf_counter()
+    for _ in range(count):
+        await client.get(API_PATH)
+    return (time.perf_counter() - began) / count * 1e6
+
+
+async def _concurrent(session: Session, count: int, width: int) -> float:
+    client = session.client
+    per_worker = count // width
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await client.get(API_PATH)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return (time.perf_counter() - began) / (per_worker * width) * 1e6
+
+
+def _requests(session: Session, count: int) -> list[httpx.Request]:
+    return [session.client.build_request("GET", API_PATH) for _ in range(count)]
+
+
+async def _flow_alone(session: Session, count: int) -> float:
+    requests = _requests(session, count)
+    response = httpx.Response(200, content=_API_ANSWER)
+    drive = session.drive
+    gc.collect()
+    began = time.perf_counter()
+    for request in requests:
+        await drive(request, response)
+    return (time.perf_counter() - began) / count * 1e6
+
+
+async def _memory_growth(session: Session, count: int) -> float:
+    """Bytes allocated and still alive after *count* hand-driven flows, less after a tenth.
+
+    The first tenth settles one-time allocations (caches, free lists, tracemalloc's own);
+    what the other nine tenths leave behind is growth.
+    """
+    response = httpx.Response(200, content=_API_ANSWER)
+    drive = session.drive
+    request = session.client.build_request("GET", API_PATH)
+    for _ in range(1_000):
+        await drive(request, response)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for _ in range(count // 10):
+            await drive(request, response)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(count - count // 10):
+            await drive(request, response)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return float(after - before)
+
+
+async def warm_overhead(
+    server: Server, settings: Settings, log: Callable[[str], None]
+) -> dict[str, Any]:
+    n, width = settings.warm_requests, settings.warm_concurrency
+    log(f"  warm overhead: {n:,} sequential, {n:,} at {width}-way, {n:,} flows by hand")
+
+    async def measure(contender: Contender) -> Metrics:
+        async with contender.open(mock_target()) as session:
+            await start(session)
+            await _sequential(session, 500)  # warm-up: token fetched, code paths hot
+            flow = await _flow_alone(session, n)
+            sequential = await _sequential(session, n)
+            concurrent = await _concurrent(session, n, width)
+        return {"flow_us": flow, "sequential_us": sequential, "concurrent_us": concurrent}
+
+    per = await alternate(settings.rounds, measure, log)
+    result = aggregate(per, ("flow_us", "sequential_us", "concurrent_us"))
+    log(f"  memory growth over {settings.memory_requests:,} hand-driven flows (tracemalloc)")
+    for contender in CONTENDERS:
+        async with contender.open(mock_target()) as session:
+            await start(session)
+            growth = await _memory_growth(session, settings.memory_requests)
+        result[contender.name]["metrics"]["memory_growth_bytes"] = summary([growth])
+        log(f"    {contender.name}: {growth:+,.0f} bytes")
+    profile = await _profile_payme(min(n, 20_000))
+    return {
+        "cases": [{"case": "warm", "contenders": result, "raw": per}],
+        "profile_payme_flow": profile,
+        "notes": _notes(),
+    }
+
+
+async def _profile_payme(count: int) -> str:
+    """cProfile of payme_auth's flow alone, driven by hand: where its time goes."""
+    contender = next(c for c in CONTENDERS if c.name == "payme_auth")
+    async with contender.open(mock_target()) as session:
+        await start(session)
+        await _flow_alone(session, 1_000)
+        requests = _requests(session, count)
+        response = httpx.Response(200, content=_API_ANSWER)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for request in requests:
+            await session.drive(request, response)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(14)
+    return out.getvalue()
+
+
+# -- open-loop load (scenarios 3 and 4) --------------------------------------------------
+
+
+@dataclass
+class Sample:
+    scheduled: float  # time.monotonic() at which the call was due to start
+    latency: float  # from scheduled start to answer (no coordinated omission)
+    ok: bool
+
+
+async def open_loop(
+    client: httpx.AsyncClient, *, rate: float, seconds: float, drain: float = 30.0
+) -> list[Sample]:
+    """Start calls at *rate* per second for *seconds*, on a fixed schedule; wait for them.
+
+    Latency counts from the scheduled start, so a frozen event loop that delays the start
+    of calls is charged to them. Calls unfinished *drain* seconds after the last start are
+    cancelled and counted as failed.
+    """
+    samples: list[Sample] = []
+    tasks: set[asyncio.Task[None]] = set()
+    clock = time.monotonic
+
+    async def one(scheduled: float) -> None:
+        ok = False
+        try:
+            response = await client.get(API_PATH)
+            ok = response.status_code == 200
+        except Exception:  # noqa: BLE001, S110 - counted as failed
+            pass
+        samples.append(Sample(scheduled, clock() - scheduled, ok))
+
+    t0 = clock() + 0.02
+    for index in range(int(rate * seconds)):
+        scheduled = t0 + index / rate
+        delay = scheduled - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        _, pending = await asyncio.wait(set(tasks), timeout=drain)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        samples.extend(Sample(t0, drain, False) for _ in pending)
+    return samples
+
+
+# -- 3. renewal boundary -------------------------------------------------------------------
+
+RENEWAL_LIFETIME = 8
+RENEWAL_LATENCY = 0.3
+RENEWAL_RATE = 200.0
+WAIT_THRESHOLD = 0.020  # a caller 20 ms slower than the contender's own median waited
+
+
+async def renewal(server: Server, settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    seconds = settings.renewal_seconds
+    log(
+        f"  renewal boundary: tokens of {RENEWAL_LIFETIME} s, token latency "
+        f"{RENEWAL_LATENCY * 1000:.0f} ms, {RENEWAL_RATE:.0f} calls/s for {seconds:g} s"
+    )
+    target = Target(token_url=server.token_url, base_url=server.url)
+    traces: dict[str, Any] = {}
+
+    async def measure(contender: Contender) -> Metrics:
+        await server.control(
+            reset=True,
+            set={"token_lifetime": RENEWAL_LIFETIME, "token_latency": RENEWAL_LATENCY},
+        )
+        heartbeat = Heartbeat()
+        async with contender.open(target, margin=RENEWAL_LIFETIME / 2) as session:
+            await start(session)
+            await session.client.get(API_PATH)  # the first token: not a renewal
+            async with heartbeat.running():
+                with longest_callback() as longest:
+                    samples = await open_loop(session.client, rate=RENEWAL_RATE, seconds=seconds)
+        stats = await server.control()
+        renewals = [arrived for arrived, _, status in stats["token_log"][1:]]
+        metrics = _renewal_metrics(samples, renewals)
+        metrics["stall_ms"] = heartbeat.max_lateness * 1000
+        metrics["longest_callback_ms"] = longest.seconds * 1000
+        metrics["_longest_where"] = longest.where  # type: ignore[assignment]
+        metrics["expired_token_requests"] = stats["expired_on_arrival"]
+        metrics["token_requests"] = stats["token_requests"]
+        traces[contender.name] = {
+            "renewals": renewals,
+            "samples": [(s.scheduled, s.latency, s.ok) for s in samples],
+        }
+        return metrics
+
+    per = await alternate(settings.renewal_rounds, measure, log)
+    return {
+        "cases": [
+            {
+                "case": f"{RENEWAL_LIFETIME} s tokens, {RENEWAL_RATE:.0f}/s",
+                "contenders": aggregate(per),
+                "raw": per,
+            }
+        ],
+        "trace": traces,  # the last round, for the plot
+        "notes": _notes(),
+    }
+
+
+def _renewal_metrics(samples: list[Sample], renewals: list[float]) -> Metrics:
+    def near(sample: Sample) -> bool:
+        return any(r - 0.1 <= sample.scheduled < r + 0.9 for r in renewals)
+
+    inside = [s.latency for s in samples if near(s)]
+    outside = [s.latency for s in samples if not near(s)]
+    baseline = percentile(outside, 50)
+    return {
+        "renewals": float(len(renewals)),
+        "p50_ms": percentile(inside, 50) * 1000,
+        "p99_ms": percentile(inside, 99) * 1000,
+        "max_ms": percentile(inside, 100) * 1000,
+        "baseline_p50_ms": baseline * 1000,
+        "max_elsewhere_ms": percentile(outside, 100) * 1000,
+        "max_added_ms": (percentile(inside, 100) - baseline) * 1000 if inside else 0.0,
+        "waited": float(sum(lat - baseline > WAIT_THRESHOLD for lat in inside)),
+        "failed": float(sum(not s.ok for s in samples)),
+        "calls": float(len(samples)),
+    }
+
+
+# -- 4. token endpoint outage --------------------------------------------------------------
+
+OUTAGE_RATE = 50.0
+OUTAGE_LATENCY = 0.05
+
+
+async def outage(server: Server, settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    lifetime, length = settings.outage_lifetime, settings.outage_seconds
+    seconds = lifetime - 2.0  # the first token stays valid for the whole run
+    log(
+        f"  outage: tokens of {lifetime} s; the token endpoint answers 503 for {length:g} s "
+        f"from the first renewal request on; {OUTAGE_RATE:.0f} calls/s for {seconds:g} s"
+    )
+    target = Target(token_url=server.token_url, base_url=server.url)
+
+    async def measure(contender: Contender) -> Metrics:
+        await server.control(
+            reset=True,
+            set={
+                "token_lifetime": lifetime,
+                "token_latency": OUTAGE_LATENCY,
+                "outage_on_renewal": length,
+            },
+        )
+        async with contender.open(target, margin=lifetime / 2) as session:
+            await start(session)
+            await session.client.get(API_PATH)  # the first token, before the outage
+            heartbeat = Heartbeat()
+            async with heartbeat.running():
+                samples = await open_loop(session.client, rate=OUTAGE_RATE, seconds=seconds)
+        stats = await server.control(set={"outage_on_renewal": 0.0})
+        return {
+            "failed": float(sum(not s.ok for s in samples)),
+            "calls": float(len(samples)),
+            "token_requests": stats["token_requests"],
+            "max_latency_ms": max(s.latency for s in samples) * 1000,
+            "stall_ms": heartbeat.max_lateness * 1000,
+        }
+
+    per = await alternate(settings.outage_rounds, measure, log)
+    return {
+        "cases": [
+            {
+                "case": f"{length:g} s outage, {lifetime} s tokens",
+                "contenders": aggregate(per),
+                "raw": per,
+            }
+        ],
+        "notes": _notes(),
+    }
+
+
+# -- 5. revocation storm -------------------------------------------------------------------
+
+STORM_SIZE = 100
+
+
+async def revocation(
+    server: Server, settings: Settings, log: Callable[[str], None]
+) -> dict[str, Any]:
+    log(
+        f"  revocation: every token is revoked while {STORM_SIZE} calls are in flight"
+        f" (held by the API until then), then {STORM_SIZE} more calls"
+    )
+    target = Target(token_url=server.token_url, base_url=server.url, width=STORM_SIZE)
+
+    async def measure(contender: Contender) -> Metrics:
+        await server.control(
+            reset=True, set={"token_lifetime": 3600, "hold_api_until_revocation": True}
+        )
+        try:
+            async with contender.open(target) as session:
+                await start(session)
+                first = asyncio.create_task(_fire(session.client, STORM_SIZE))
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # bounded: until all are in the server
+                    stats = await server.control()
+                    if stats["api_in_flight"] >= STORM_SIZE:
+                        break
+                    await asyncio.sleep(0.01)
+                before = stats["token_requests"]
+                # Releases the held calls (their tokens now revoked); later calls are not held.
+                stats = await server.control(revoke=True)
+                in_flight = stats["api_in_flight"]
+                failed_in_flight = await asyncio.wait_for(first, 60)
+                failed_after = await asyncio.wait_for(_fire(session.client, STORM_SIZE), 60)
+            stats = await server.control()
+        finally:
+            await server.control(set={"hold_api_until_revocation": False})
+        return {
+            "in_flight_at_revocation": float(in_flight),
+            "failed_in_flight": float(failed_in_flight),
+            "failed_after": float(failed_after),
+            "extra_token_requests": float(stats["token_requests"] - before),
+        }
+
+    per = await alternate(settings.rounds if not settings.quick else 1, measure, log)
+    return {
+        "cases": [
+            {
+                "case": f"{STORM_SIZE} in flight + {STORM_SIZE} after",
+                "contenders": aggregate(per),
+                "raw": per,
+            }
+        ],
+        "notes": _notes(),
+    }
+
+
+SCENARIOS: dict[
+    str, Callable[[Server, Settings, Callable[[str], None]], Awaitable[dict[str, Any]]]
+] = {
+    "cold_start": cold_start,
+    "warm_overhead": warm_overhead,
+    "renewal": renewal,
+    "outage": outage,
+    "revocation": revocation,
+}
