@@ -98,7 +98,7 @@ class TokenProvider:
         self._token: AccessToken | None = None
         self._windows = _NEVER
         self._renew_after = -math.inf  # no background renewal before this
-        self._hold_until = -math.inf  # a fruitless renewal: keep the token until this
+        self._held = False  # a renewal failed or was fruitless: serve the token until expiry
         self._flight: _Flight | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._exit_stack: AsyncExitStack | None = None
@@ -132,7 +132,7 @@ class TokenProvider:
         if current is None or (token is not None and token.value != current.value):
             return False
         self._token, self._windows = None, _NEVER
-        self._renew_after = self._hold_until = -math.inf
+        self._renew_after, self._held = -math.inf, False
         logger.debug("dropped token %s", current.fingerprint)
         return True
 
@@ -147,7 +147,7 @@ class TokenProvider:
             return None
         if now < windows.advisory_at:
             return token
-        if now < windows.mandatory_at or now < min(self._hold_until, windows.expires_at):
+        if now < windows.mandatory_at or (self._held and now < windows.expires_at):
             self._renew_in_background(now)
             return token
         return None
@@ -164,7 +164,7 @@ class TokenProvider:
         self._windows = Windows.of(
             token, refresh_margin=self.refresh_margin, advisory_ratio=self._advisory_ratio
         )
-        self._renew_after = self._hold_until = -math.inf
+        self._renew_after, self._held = -math.inf, False
 
     # -- getting a token -------------------------------------------------------------------
 
@@ -258,10 +258,7 @@ class TokenProvider:
         if old is not None and new.expires_at <= old.expires_at:
             # The same token again (a server that caches tokens), or an older one: keep
             # ours, and do not ask again at once, even inside the margin.
-            now = self._clock()
-            pause = renewal_pause(old.expires_in, retry_after=None, draw=self._fetcher.draw())
-            self._renew_after = now + pause
-            self._hold_until = old.expires_at
+            pause = self._hold(old, self._clock(), retry_after=None)
             if background:
                 self._failed_renewals += 1
             logger.warning(
@@ -277,6 +274,12 @@ class TokenProvider:
                 self._background_renewals += 1
         self._install(new)
         return new
+
+    def _hold(self, token: AccessToken, now: float, *, retry_after: float | None) -> float:
+        """Serve *token* until it expires, renewing only in the background after a pause."""
+        pause = renewal_pause(token.expires_in, retry_after=retry_after, draw=self._fetcher.draw())
+        self._renew_after, self._held = now + pause, True
+        return pause
 
     def _note_failure(self, error: Exception) -> None:
         now = self._clock()
@@ -294,9 +297,7 @@ class TokenProvider:
         retry_after = (
             error.retry_after if isinstance(error, TokenEndpointUnavailableError) else None
         )
-        pause = renewal_pause(token.expires_in, retry_after=retry_after, draw=self._fetcher.draw())
-        self._renew_after = now + pause
-        self._hold_until = token.expires_at
+        pause = self._hold(token, now, retry_after=retry_after)
         refused = isinstance(error, TokenError) and not isinstance(
             error, TokenEndpointUnavailableError
         )
