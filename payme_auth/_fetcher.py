@@ -1,8 +1,11 @@
 """Sending the token request over HTTP, with retries. It knows nothing of caching.
 
 Rules:
-- Owning no HTTP client, the fetcher opens one per fetch and closes it at once (the TLS
-  context is built once, off the event loop), so nothing is left open between fetches.
+- Owning no HTTP client, the fetcher opens one per fetch and closes it at once, so nothing
+  is left open between fetches. The client is built in a worker thread: the first one
+  imports httpcore and loads the CA bundle (tens of milliseconds each), and none of that
+  may hold the event loop. The TLS context is built once per process; a plain-HTTP token
+  URL (loopback only) gets one that trusts no certificate instead of loading the bundle.
   A borrowed client is used as it is and never closed.
 - Every token request disables redirects and the client's own auth, so the secret goes
   nowhere but the token URL.
@@ -14,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import ssl
@@ -65,7 +69,7 @@ class TokenFetcher:
         self._timeout = timeout
         self._deadline = attempt_timeout
         self._http_client = http_client
-        self._ssl_context: ssl.SSLContext | None = None
+        self._plain = self._request.url.startswith("http://")
         self._assumed_expires_in = assumed_expires_in
         self._clock = clock
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -162,11 +166,30 @@ class TokenFetcher:
         if self._http_client is not None:
             yield self._http_client
             return
-        if self._ssl_context is None:
-            # Loading the CA bundle takes tens of milliseconds: not on the event loop.
-            self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
-        async with httpx.AsyncClient(verify=self._ssl_context, timeout=self._timeout) as client:
+        client = await anyio.to_thread.run_sync(self._new_client)
+        async with client:
             yield client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        """Build a client for one fetch (in a worker thread: see the rules above)."""
+        context = _untrusting_context() if self._plain else _tls_context()
+        return httpx.AsyncClient(verify=context, timeout=self._timeout)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CA bundle, or ``SSL_CERT_FILE``), built once."""
+    return httpx.create_ssl_context()
+
+
+@functools.cache
+def _untrusting_context() -> ssl.SSLContext:
+    """A verifying TLS context that trusts nothing: for plain-HTTP token URLs.
+
+    Such a URL uses no TLS, unless an HTTPS proxy is configured in the environment; then
+    the handshake fails instead of going unverified.
+    """
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _unavailable(outcome: Failure, attempts: int) -> TokenEndpointUnavailableError:
