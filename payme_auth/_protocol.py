@@ -206,7 +206,7 @@ def _refusal(status: int, data: object, secrets: Iterable[str]) -> Failure:
     elif status == 403:
         kind, message = InsufficientScopeError, "Pay-me refused the requested scopes"
     else:
-        kind, message = TokenRefusedError, f"Pay-me rejected the token request (HTTP {status})"
+        kind, message = TokenRefusedError, "Pay-me rejected the token request"
     return Failure(
         error=kind(
             message,

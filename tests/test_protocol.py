@@ -544,7 +544,7 @@ def test_other_4xx_are_refusals(
         oauth_error,
         detail,
     )
-    assert str(failure.error).startswith(f"Pay-me rejected the token request (HTTP {status}) (")
+    assert str(failure.error).startswith(f"Pay-me rejected the token request (HTTP={status}")
 
 
 def test_refusal_str_is_complete() -> None:
@@ -552,7 +552,7 @@ def test_refusal_str_is_complete() -> None:
     body = {**PAYME_ENVELOPE, "error": "invalid_scope"}
     error = read_failure(body, 400).error
     assert str(error) == (
-        "Pay-me rejected the token request (HTTP 400) "
+        "Pay-me rejected the token request "
         "(HTTP=400, code=01, error=invalid_scope) - Credenciales inválidas"
     )
 
