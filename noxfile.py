@@ -18,7 +18,7 @@ nox.needs_version = ">=2024.3.2"
 nox.options.default_venv_backend = "venv"
 # nox's own default: a missing interpreter is an error when $CI is set, a skip otherwise.
 nox.options.error_on_missing_interpreters = "CI" in os.environ
-nox.options.sessions = ["tests", "lint", "typing", "docs"]
+nox.options.sessions = ["tests", "httpx2", "lint", "typing", "docs"]
 
 ROOT = Path(__file__).resolve().parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
@@ -47,6 +47,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=MAIN_PYTHON)
+def httpx2(session: nox.Session) -> None:
+    """Run the plug's shared tests and the httpx2 plug's own tests with httpx2 installed."""
+    session.install("-e", ".[test,httpx2]")
+    session.run("pytest", "tests/test_auth_flow.py", "tests/test_httpx2.py", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
 def lint(session: nox.Session) -> None:
     """Check lint rules and formatting with ruff (no changes are made)."""
     session.install(RUFF)
@@ -57,7 +64,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=MAIN_PYTHON)
 def typing(session: nox.Session) -> None:
     """Type-check the package and the tests with mypy --strict."""
-    session.install("-e", ".[test]", MYPY)
+    session.install("-e", ".[test,httpx2]", MYPY)
     session.run("mypy", "--strict", "payme_auth", "tests")
 
 

@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._policy import RetryPolicy
 from ._stats import AuthStats
+from ._store import MemoryTokenStore, SharedToken, TokenStore
 from ._token import AccessToken
 
 try:
@@ -48,13 +49,16 @@ __all__ = [
     "Environment",
     "InsufficientScopeError",
     "InvalidCredentialsError",
+    "MemoryTokenStore",
     "PaymeAuth",
     "PaymeAuthError",
     "RetryPolicy",
     "Scope",
+    "SharedToken",
     "TokenEndpointUnavailableError",
     "TokenError",
     "TokenRefusedError",
     "TokenResponseError",
+    "TokenStore",
     "__version__",
 ]

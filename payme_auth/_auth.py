@@ -32,11 +32,13 @@ from ._config import (
     parse_origin,
 )
 from ._errors import ConfigurationError
-from ._fetcher import TokenFetcher, logger
+from ._fetcher import TokenFetcher
+from ._flow import auth_flow
 from ._policy import RetryPolicy, check_seconds
 from ._protocol import MAX_EXPIRES_IN
 from ._provider import TokenProvider
 from ._stats import AuthStats
+from ._store import TokenStore, store_key
 from ._token import AccessToken
 
 __all__ = ["PaymeAuth"]
@@ -114,6 +116,13 @@ class PaymeAuth(httpx.Auth):
         assumed_expires_in: the lifetime, in seconds, assumed for a token whose answer has
             no ``expires_in``; ``None`` makes such an answer an error.
         clock: a monotonic clock in seconds (for tests). Default: :func:`time.monotonic`.
+            When given, it is also the wall clock of the times written to a ``store``.
+        store: a :class:`TokenStore` shared by many processes (such as
+            :class:`payme_auth.redis.RedisTokenStore`), so that a whole fleet fetches one
+            token per lifetime: a fetch first takes a newer token another process stored,
+            else fetches under the store's lease and stores the new token. A cached token
+            is served without asking the store; a store that fails or is slow only makes
+            this process fetch on its own. ``None`` (the default): nothing is shared.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -134,6 +143,7 @@ class PaymeAuth(httpx.Auth):
         assumed_expires_in: int | None = 300,
         advisory_ratio: float | None = 2 / 3,
         clock: Callable[[], float] | None = None,
+        store: TokenStore | None = None,
     ) -> None:
         self.client_id = _check_credential("client_id", client_id, secret=False)
         secret = _check_credential("client_secret", client_secret, secret=True)
@@ -165,6 +175,11 @@ class PaymeAuth(httpx.Auth):
             )
         if clock is not None and not callable(clock):
             raise ConfigurationError(f"clock must be a callable, not {type(clock).__name__}")
+        if store is not None and not isinstance(store, TokenStore):
+            raise ConfigurationError(
+                f"store must be a TokenStore (get, publish, acquire, release, discard), "
+                f"not {type(store).__name__}"
+            )
         http_timeout, attempt_timeout = _timeouts(timeout)
         self.environment = environment
         self._origins: frozenset[Origin] = frozenset(
@@ -178,6 +193,7 @@ class PaymeAuth(httpx.Auth):
             raise ConfigurationError(
                 f"advisory_ratio must be a number in (0, 1] or None, not {advisory_ratio!r}"
             )
+        wall_clock = clock or time.time
         clock = clock or time.monotonic
         fetcher = TokenFetcher(
             environment=environment,
@@ -196,6 +212,15 @@ class PaymeAuth(httpx.Auth):
             advisory_ratio=advisory_ratio,
             retry=retry or RetryPolicy(),
             clock=clock,
+            store=store,
+            store_key=store_key(
+                token_url=environment.token_url,
+                audience=environment.audience,
+                client_id=self.client_id,
+                scopes=fetcher.scopes,
+            ),
+            attempt_timeout=attempt_timeout,
+            wall_clock=wall_clock,
         )
         self._scopes = fetcher.scopes
 
@@ -289,41 +314,18 @@ class PaymeAuth(httpx.Auth):
         """Tell whether a request to *url* gets the token (its origin is the API's)."""
         return origin_of(url) in self._origins
 
-    async def async_auth_flow(
+    def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """Authenticate *request* for httpx (called by :class:`httpx.AsyncClient`)."""
-        if not self.applies_to(request.url):
-            yield request
-            return
-        provider = self._provider
-        token = provider.current()
-        if token is None:
-            token = await provider.get_token()
-        headers = request.headers
-        headers["Authorization"] = token.authorization
-        if "ALG-API-VERSION" not in headers:
-            headers["ALG-API-VERSION"] = self._api_version
-        response = yield request
-        # A 401 from a host httpx was redirected to says nothing about our token.
-        if response.status_code != 401 or not self.applies_to(response.request.url):
-            return
-        provider.invalidate(token)
-        if not isinstance(request.stream, httpx.ByteStream):
-            # A streamed body was consumed by the first attempt: the caller gets the 401,
-            # and its next request gets the new token.
-            return
-        renewed = await provider.get_token()
-        provider.note_replay()
-        logger.info(
-            "the API answered 401 for token %s to %s %s; replaying once with token %s",
-            token.fingerprint,
-            request.method,
-            request.url.copy_with(query=None),
-            renewed.fingerprint,
+        # Returns the shared flow's generator itself: no wrapping layer on the hot path.
+        return auth_flow(
+            request, self._provider, self._origins, self._api_version, httpx.ByteStream
         )
-        headers["Authorization"] = renewed.authorization
-        yield request
+
+    def _flow_parts(self) -> tuple[TokenProvider, frozenset[Origin], str]:
+        """What another plug over this PaymeAuth needs to run the same flow (httpx2's)."""
+        return self._provider, self._origins, self._api_version
 
     def sync_auth_flow(
         self, request: httpx.Request

@@ -23,12 +23,18 @@ Rules:
   abandoned, every waiter wakes, and one of them leads a new one.
 - Nothing failed or abandoned is cached: with no valid token, the next caller after a
   failure starts a fetch afresh.
+- With a token store, a flight (background renewals included) goes through it: it takes a
+  newer token another process published, or else fetches under the store's lease and
+  publishes (see ``_store``). Tokens the API refused are remembered by fingerprint, so that
+  the flight drops them from the store too if they are still there, and never takes them
+  back. The cached-token path never touches the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -37,15 +43,18 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._broadcast import Broadcast
 from ._errors import AuthClosedError, PaymeAuthError, TokenEndpointUnavailableError, TokenError
 from ._fetcher import TokenFetcher, logger
 from ._policy import RetryPolicy, Windows, renewal_pause
 from ._stats import AuthStats, TokenState
+from ._store import SharedFetcher, TokenStore
 from ._token import AccessToken
 
 __all__ = ["TokenProvider"]
 
 _NEVER = Windows(advisory_at=-math.inf, mandatory_at=-math.inf, expires_at=-math.inf)
+_REJECTED_KEPT = 8
 
 
 class _Flight:
@@ -55,7 +64,7 @@ class _Flight:
 
     def __init__(self, *, background: bool) -> None:
         self.background = background
-        self.done = anyio.Event()
+        self.done = Broadcast()
         self.token: AccessToken | None = None
         self.error: Exception | None = None
         self.traceback: TracebackType | None = None
@@ -88,8 +97,26 @@ class TokenProvider:
         advisory_ratio: float | None,
         retry: RetryPolicy,
         clock: Callable[[], float],
+        store: TokenStore | None = None,
+        store_key: str = "",
+        attempt_timeout: float = 0.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetcher = fetcher
+        self._shared = (
+            None
+            if store is None
+            else SharedFetcher(
+                fetcher,
+                store,
+                store_key,
+                attempt_timeout=attempt_timeout,
+                clock=clock,
+                wall_clock=wall_clock,
+                fresh=self._before_margin,
+            )
+        )
+        self._rejected: dict[str, None] = {}  # fingerprints of refused tokens, oldest first
         self.refresh_margin = refresh_margin
         self._advisory_ratio = advisory_ratio
         self._retry = retry
@@ -129,6 +156,10 @@ class TokenProvider:
         Returns whether something was dropped.
         """
         current = self._token
+        if self._shared is not None and (refused := token or current) is not None:
+            self._rejected[refused.fingerprint] = None
+            while len(self._rejected) > _REJECTED_KEPT:
+                del self._rejected[next(iter(self._rejected))]
         if current is None or (token is not None and token.value != current.value):
             return False
         self._token, self._windows = None, _NEVER
@@ -158,6 +189,13 @@ class TokenProvider:
         if token is not None and self._clock() < token.expires_at:
             return token
         return None
+
+    def _before_margin(self, token: AccessToken) -> bool:
+        """Whether *token* (from the store) is before its refresh margin, on our windows."""
+        windows = Windows.of(
+            token, refresh_margin=self.refresh_margin, advisory_ratio=self._advisory_ratio
+        )
+        return self._clock() < windows.mandatory_at
 
     def _install(self, token: AccessToken) -> None:
         self._token = token
@@ -232,7 +270,12 @@ class TokenProvider:
     async def _fly(self, flight: _Flight) -> None:
         retry = self._background_retry if flight.background else self._retry
         try:
-            token = await self._fetcher.fetch(retry)
+            if self._shared is None:
+                token = await self._fetcher.fetch(retry)
+            else:
+                token = await self._shared.fetch(
+                    retry, current=self._token, rejected=self._rejected.keys()
+                )
         except Exception as error:  # noqa: BLE001 - shared with every waiter, raised by each of them
             if self._closed and not isinstance(error, PaymeAuthError):
                 error = _closed_while_fetching()

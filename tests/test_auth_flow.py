@@ -1,14 +1,24 @@
-"""The httpx plug: PaymeAuth.async_auth_flow, origins, the 401 replay, life cycle, settings."""
+"""The plugs: async_auth_flow, origins, the 401 replay, life cycle, settings.
+
+Every test whose behaviour both plugs share runs on each: ``payme_auth.PaymeAuth`` with an
+``httpx.AsyncClient``, and ``payme_auth.httpx2.PaymeAuth`` with an ``httpx2.AsyncClient``
+(skipped when httpx2 is not installed). respx mocks httpx only, so the httpx2 client sends
+through a transport that hands each request to the same respx router: the routes, their
+recorded calls and the assertions on them are the same for both.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, aclosing
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 import httpx
 import pytest
 import respx
@@ -35,12 +45,19 @@ from .conftest import (
     token_answer,
 )
 
+if TYPE_CHECKING:
+    import payme_auth.httpx2
+
+    AnyAuth = PaymeAuth | payme_auth.httpx2.PaymeAuth
+
 pytestmark = pytest.mark.anyio
+
+HAS_HTTPX2 = importlib.util.find_spec("httpx2") is not None
 
 API_HOST = "api.preprod.alignet.io"
 OTHER = "https://other.example"
 
-AuthFactory = Callable[..., Awaitable[PaymeAuth]]
+AuthFactory = Callable[..., Awaitable["AnyAuth"]]
 
 
 class TokenEndpoint:
@@ -96,15 +113,93 @@ def api(router: respx.MockRouter) -> respx.Route:
     return router.route(scheme="https", host=API_HOST, port=443).respond(200, json={"ok": True})
 
 
-@pytest.fixture(params=["bare", "entered"])
-async def make_auth(request: pytest.FixtureRequest) -> AsyncIterator[AuthFactory]:
-    """Build PaymeAuth objects used bare, or inside ``async with``; all closed at teardown."""
+def _flavour(name: str) -> Any:
+    if name.startswith("httpx2") and not HAS_HTTPX2:
+        return pytest.param(name, marks=pytest.mark.skip(reason="httpx2 is not installed"))
+    return name
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test on both plugs; with make_auth, the httpx one bare and inside async with.
+
+    The httpx2 plug runs entered only: bare or entered is the shared provider's concern, and
+    tests/test_httpx2.py checks the plug's own life cycle both ways.
+    """
+    if "make_auth" in metafunc.fixturenames:
+        flavours = ["httpx-bare", "httpx-entered", "httpx2-entered"]
+    elif "plug" in metafunc.fixturenames:
+        flavours = ["httpx", "httpx2"]
+    else:
+        return
+    metafunc.parametrize("flavour", [_flavour(name) for name in flavours])
+
+
+@attrs.frozen
+class Plug:
+    """One plug under test: its client library, its PaymeAuth class and its API clients."""
+
+    http: ModuleType
+    """``httpx`` or ``httpx2``: its Request, Response, URL and Client are used as they are."""
+    auth_class: Any
+    """``payme_auth.PaymeAuth`` or ``payme_auth.httpx2.PaymeAuth``."""
+    router: respx.MockRouter
+    repr_prefix: str = ""
+
+    def client(self, **kwargs: Any) -> Any:
+        """An AsyncClient of the plug's library, whose requests all reach the respx router."""
+        if self.http is not httpx:
+            kwargs.setdefault("transport", respx_bridge(self.router))
+        return self.http.AsyncClient(**kwargs)
+
+
+def respx_bridge(router: respx.MockRouter) -> Any:
+    """An httpx2 transport that sends each request, as an httpx one, to a respx router."""
+    import httpx2
+
+    class RespxBridge(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            # Iterate the body as a real transport does: request.aread() would keep it in
+            # memory, turning a streamed body into a replayable one.
+            assert isinstance(request.stream, httpx2.AsyncByteStream)
+            body = b"".join([chunk async for chunk in request.stream])
+            mirrored = httpx.Request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                stream=httpx.ByteStream(body),
+            )
+            mirrored.read()
+            answer = await router.async_handler(mirrored)
+            return httpx2.Response(
+                answer.status_code,
+                headers=answer.headers.multi_items(),
+                content=await answer.aread(),
+            )
+
+    return RespxBridge()
+
+
+@pytest.fixture
+def plug(flavour: str, router: respx.MockRouter) -> Plug:
+    """The plug named by the test's flavour."""
+    if flavour.startswith("httpx2"):
+        import httpx2
+
+        import payme_auth.httpx2
+
+        return Plug(httpx2, payme_auth.httpx2.PaymeAuth, router, "payme_auth.httpx2.")
+    return Plug(httpx, PaymeAuth, router)
+
+
+@pytest.fixture
+async def make_auth(flavour: str, plug: Plug) -> AsyncIterator[AuthFactory]:
+    """Build the plug's PaymeAuth objects, bare or inside ``async with``; closed at teardown."""
     async with AsyncExitStack() as stack:
 
-        async def make(**kwargs: Any) -> PaymeAuth:
+        async def make(**kwargs: Any) -> AnyAuth:
             kwargs.setdefault("retry", FAST_RETRY)
-            auth = PaymeAuth(CLIENT_ID, CLIENT_SECRET, **kwargs)
-            if request.param == "entered":
+            auth: AnyAuth = plug.auth_class(CLIENT_ID, CLIENT_SECRET, **kwargs)
+            if not flavour.endswith("-bare"):
                 await stack.enter_async_context(auth)
             else:
                 stack.push_async_callback(auth.aclose)
@@ -114,7 +209,7 @@ async def make_auth(request: pytest.FixtureRequest) -> AsyncIterator[AuthFactory
 
 
 @pytest.fixture
-async def auth(make_auth: AuthFactory) -> PaymeAuth:
+async def auth(make_auth: AuthFactory) -> AnyAuth:
     """A PaymeAuth for Pay-me preprod (bare, and inside ``async with``)."""
     return await make_auth()
 
@@ -138,47 +233,49 @@ def unauthorized(request: httpx.Request) -> httpx.Response:
 
 
 async def test_flow_adds_both_headers_and_ends_on_200(
-    auth: PaymeAuth, tokens: TokenEndpoint
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
 ) -> None:
     """The flow yields the request with Bearer and ALG-API-VERSION, and ends on a 200."""
-    request = httpx.Request("GET", f"{API}/charges/m/1/2")
+    request = plug.http.Request("GET", f"{API}/charges/m/1/2")
     flow = auth.async_auth_flow(request)
     sent_request = await flow.__anext__()
     assert sent_request is request
     assert sent_request.headers["Authorization"] == tokens.bearer(0)
     assert sent_request.headers["ALG-API-VERSION"] == "1709847567"
     with pytest.raises(StopAsyncIteration):
-        await flow.asend(httpx.Response(200, request=sent_request))
+        await flow.asend(plug.http.Response(200, request=sent_request))
     assert tokens.calls == 1
 
 
 async def test_flow_replays_a_401_once_with_a_new_token(
-    auth: PaymeAuth, tokens: TokenEndpoint
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
 ) -> None:
     """A 401 yields the request again with a new token; a second 401 ends the flow."""
-    request = httpx.Request("POST", f"{API}/charges", json={"amount": 100})
+    request = plug.http.Request("POST", f"{API}/charges", json={"amount": 100})
     flow = auth.async_auth_flow(request)
     first = await flow.__anext__()
     assert first.headers["Authorization"] == tokens.bearer(0)
-    replay = await flow.asend(httpx.Response(401, request=first))
+    replay = await flow.asend(plug.http.Response(401, request=first))
     assert replay is request
     assert tokens.calls == 2
     assert replay.headers["Authorization"] == tokens.bearer(1)
     assert tokens.bearer(0) != tokens.bearer(1)
     assert replay.headers["ALG-API-VERSION"] == "1709847567"
     with pytest.raises(StopAsyncIteration):
-        await flow.asend(httpx.Response(401, request=replay))
+        await flow.asend(plug.http.Response(401, request=replay))
     assert tokens.calls == 2
     assert (await auth.get_token()).value == tokens.issued[1]
 
 
-async def test_flow_ends_after_a_successful_replay(auth: PaymeAuth, tokens: TokenEndpoint) -> None:
+async def test_flow_ends_after_a_successful_replay(
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+) -> None:
     """After the replay, a 200 ends the flow and the new token stays cached."""
-    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
     first = await flow.__anext__()
-    replay = await flow.asend(httpx.Response(401, request=first))
+    replay = await flow.asend(plug.http.Response(401, request=first))
     with pytest.raises(StopAsyncIteration):
-        await flow.asend(httpx.Response(200, request=replay))
+        await flow.asend(plug.http.Response(200, request=replay))
     assert tokens.calls == 2
     assert (await auth.headers())["Authorization"] == tokens.bearer(1)
     assert tokens.calls == 2
@@ -186,52 +283,52 @@ async def test_flow_ends_after_a_successful_replay(auth: PaymeAuth, tokens: Toke
 
 @pytest.mark.parametrize("status", [200, 400, 403, 404, 500])
 async def test_flow_ends_on_anything_but_401(
-    auth: PaymeAuth, tokens: TokenEndpoint, status: int
+    auth: AnyAuth, tokens: TokenEndpoint, status: int, plug: Plug
 ) -> None:
     """Any answer other than 401 ends the flow at once, with no new token."""
-    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
     first = await flow.__anext__()
     with pytest.raises(StopAsyncIteration):
-        await flow.asend(httpx.Response(status, request=first))
+        await flow.asend(plug.http.Response(status, request=first))
     assert tokens.calls == 1
     assert auth.invalidate(await auth.get_token()) is True
     assert tokens.calls == 1
 
 
 async def test_flow_passes_a_foreign_request_through(
-    auth: PaymeAuth, tokens: TokenEndpoint
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
 ) -> None:
     """A request to another origin is yielded untouched, and its 401 ends the flow."""
-    request = httpx.Request("GET", f"{OTHER}/api")
+    request = plug.http.Request("GET", f"{OTHER}/api")
     flow = auth.async_auth_flow(request)
     yielded = await flow.__anext__()
     assert yielded is request
     assert "Authorization" not in yielded.headers
     assert "ALG-API-VERSION" not in yielded.headers
     with pytest.raises(StopAsyncIteration):
-        await flow.asend(httpx.Response(401, request=yielded))
+        await flow.asend(plug.http.Response(401, request=yielded))
     assert tokens.calls == 0
 
 
 async def test_flow_keeps_the_request_alg_api_version(
-    auth: PaymeAuth, tokens: TokenEndpoint
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
 ) -> None:
     """An ALG-API-VERSION the request already carries is kept, on the replay too."""
-    request = httpx.Request("GET", f"{API}/refund", headers={"alg-api-version": "42"})
+    request = plug.http.Request("GET", f"{API}/refund", headers={"alg-api-version": "42"})
     flow = auth.async_auth_flow(request)
     first = await flow.__anext__()
     assert first.headers.get_list("ALG-API-VERSION") == ["42"]
-    replay = await flow.asend(httpx.Response(401, request=first))
+    replay = await flow.asend(plug.http.Response(401, request=first))
     assert replay.headers.get_list("ALG-API-VERSION") == ["42"]
     assert replay.headers["Authorization"] == tokens.bearer(1)
     await flow.aclose()
 
 
 async def test_flow_overrides_an_authorization_already_set(
-    auth: PaymeAuth, tokens: TokenEndpoint
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
 ) -> None:
     """A stale Authorization on the request is replaced by exactly one Bearer header."""
-    request = httpx.Request("GET", f"{API}/refund", headers={"Authorization": "Bearer stale"})
+    request = plug.http.Request("GET", f"{API}/refund", headers={"Authorization": "Bearer stale"})
     flow = auth.async_auth_flow(request)
     first = await flow.__anext__()
     assert first.headers.get_list("Authorization") == [tokens.bearer(0)]
@@ -239,16 +336,16 @@ async def test_flow_overrides_an_authorization_already_set(
 
 
 async def test_flows_that_failed_with_one_token_share_one_renewal(
-    auth: PaymeAuth, tokens: TokenEndpoint
+    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
 ) -> None:
     """A 401 for a token already replaced reuses the newer token instead of dropping it."""
-    first_flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/a"))
-    second_flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/b"))
+    first_flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/a"))
+    second_flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/b"))
     first = await first_flow.__anext__()
     second = await second_flow.__anext__()
     assert first.headers["Authorization"] == second.headers["Authorization"] == tokens.bearer(0)
-    first_replay = await first_flow.asend(httpx.Response(401, request=first))
-    second_replay = await second_flow.asend(httpx.Response(401, request=second))
+    first_replay = await first_flow.asend(plug.http.Response(401, request=first))
+    second_replay = await second_flow.asend(plug.http.Response(401, request=second))
     assert first_replay.headers["Authorization"] == tokens.bearer(1)
     assert second_replay.headers["Authorization"] == tokens.bearer(1)
     assert tokens.calls == 2
@@ -260,10 +357,10 @@ async def test_flows_that_failed_with_one_token_share_one_renewal(
 
 
 async def test_every_api_request_carries_bearer_and_api_version(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """GET, POST and DELETE to the API all carry the Bearer token and ALG-API-VERSION."""
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         responses = [
             await client.post("/charges", json={"amount": 100}),
             await client.get("/charges/m/op/tx"),
@@ -280,12 +377,12 @@ async def test_every_api_request_carries_bearer_and_api_version(
 
 @pytest.mark.parametrize("where", ["request", "client"])
 async def test_an_api_version_already_set_is_kept(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route, where: str
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, where: str, plug: Plug
 ) -> None:
     """An ALG-API-VERSION set on the request or as a client default is sent as it is."""
     defaults = {"ALG-API-VERSION": "1600000000"} if where == "client" else {}
     per_request = {"ALG-API-VERSION": "1600000000"} if where == "request" else {}
-    async with httpx.AsyncClient(base_url=API, auth=auth, headers=defaults) as client:
+    async with plug.client(base_url=API, auth=auth, headers=defaults) as client:
         response = await client.get("/refund", headers=per_request)
     assert response.status_code == 200
     assert sent(api).headers.get_list("ALG-API-VERSION") == ["1600000000"]
@@ -293,10 +390,10 @@ async def test_an_api_version_already_set_is_kept(
 
 
 async def test_token_is_fetched_once_for_sequential_requests(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """Fifty sequential API requests share one token request."""
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         for number in range(50):
             response = await client.get(f"/charges/m/{number}/1")
             assert response.status_code == 200
@@ -306,13 +403,13 @@ async def test_token_is_fetched_once_for_sequential_requests(
 
 
 async def test_token_is_fetched_once_for_200_concurrent_requests(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """Two hundred concurrent requests, all started before the token arrives, share one fetch."""
     statuses: list[int] = []
     tokens.gate = anyio.Event()
 
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
 
         async def call(number: int) -> None:
             statuses.append((await client.get(f"/charges/m/{number}/1")).status_code)
@@ -333,11 +430,11 @@ async def test_token_is_fetched_once_for_200_concurrent_requests(
 
 
 async def test_a_due_token_is_renewed_before_a_request(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, clock: FakeClock
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, clock: FakeClock, plug: Plug
 ) -> None:
     """Once a token is within its refresh margin, the next request waits for a new one."""
     auth = await make_auth(clock=clock, refresh_margin=60)
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         await client.get("/refund")
         clock.advance(8600 - 61)
         await client.get("/refund")
@@ -365,38 +462,42 @@ async def test_a_due_token_is_renewed_before_a_request(
     ],
 )
 async def test_no_token_for_another_origin(
-    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter, url: str
+    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, url: str, plug: Plug
 ) -> None:
     """A request to any other scheme, host or port gets no headers, and no token is fetched."""
     elsewhere = router.route(url=url).respond(200)
-    async with httpx.AsyncClient(auth=auth) as client:
+    async with plug.client(auth=auth) as client:
         response = await client.get(url)
     assert response.status_code == 200
     assert elsewhere.call_count == 1
     assert "Authorization" not in sent(elsewhere).headers
     assert "ALG-API-VERSION" not in sent(elsewhere).headers
     assert tokens.calls == 0
-    assert auth.applies_to(httpx.URL(url)) is False
+    assert auth.applies_to(plug.http.URL(url)) is False
 
 
 @pytest.mark.parametrize(
     "url",
     [f"{API}/charges", f"{API}:443/charges", "https://API.Preprod.Alignet.IO/charges"],
 )
-async def test_applies_to_the_api_origin(url: str) -> None:
+async def test_applies_to_the_api_origin(url: str, plug: Plug) -> None:
     """The API origin matches with or without its default port, in any letter case."""
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET)) as auth:
-        assert auth.applies_to(httpx.URL(url)) is True
+    async with aclosing(plug.auth_class(CLIENT_ID, CLIENT_SECRET)) as auth:
+        assert auth.applies_to(plug.http.URL(url)) is True
 
 
 async def test_extra_origin_gets_the_token(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, router: respx.MockRouter
+    make_auth: AuthFactory,
+    tokens: TokenEndpoint,
+    api: respx.Route,
+    router: respx.MockRouter,
+    plug: Plug,
 ) -> None:
     """An origin in extra_origins gets the token; the same host on another port does not."""
     auth = await make_auth(extra_origins=[f"{OTHER}:8443"])
     extra = router.route(host="other.example", port=8443).respond(200)
     default_port = router.route(host="other.example", port=443).respond(200)
-    async with httpx.AsyncClient(auth=auth) as client:
+    async with plug.client(auth=auth) as client:
         await client.get(f"{OTHER}:8443/v1/charges")
         await client.get(f"{OTHER}/v1/charges")
         await client.get(f"{API}/charges")
@@ -407,22 +508,24 @@ async def test_extra_origin_gets_the_token(
     assert tokens.calls == 1
 
 
-async def test_extra_origins_accepts_a_single_string() -> None:
+async def test_extra_origins_accepts_a_single_string(plug: Plug) -> None:
     """A single origin string is one origin, not a sequence of characters."""
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, extra_origins=f"{OTHER}:8443")) as auth:
-        assert auth.applies_to(httpx.URL(f"{OTHER}:8443/x")) is True
-        assert auth.applies_to(httpx.URL(f"{API}/x")) is True
-        assert auth.applies_to(httpx.URL(f"{OTHER}/x")) is False
+    async with aclosing(
+        plug.auth_class(CLIENT_ID, CLIENT_SECRET, extra_origins=f"{OTHER}:8443")
+    ) as auth:
+        assert auth.applies_to(plug.http.URL(f"{OTHER}:8443/x")) is True
+        assert auth.applies_to(plug.http.URL(f"{API}/x")) is True
+        assert auth.applies_to(plug.http.URL(f"{OTHER}/x")) is False
 
 
 @pytest.mark.parametrize(
     "origin",
     ["http://other.example", "https://other.example/path", "https://user:pw@other.example", ""],
 )
-async def test_extra_origins_are_checked(origin: str) -> None:
+async def test_extra_origins_are_checked(origin: str, plug: Plug) -> None:
     """A plain-http, path-carrying, credential-carrying or empty extra origin is refused."""
     with pytest.raises(ConfigurationError):
-        PaymeAuth(CLIENT_ID, CLIENT_SECRET, extra_origins=[origin])
+        plug.auth_class(CLIENT_ID, CLIENT_SECRET, extra_origins=[origin])
 
 
 @pytest.mark.parametrize("status", [302, 307])
@@ -431,16 +534,13 @@ async def test_extra_origins_are_checked(origin: str) -> None:
     [f"{OTHER}/landing", f"http://{API_HOST}/landing", f"https://{API_HOST}:8443/landing"],
 )
 async def test_redirect_to_another_origin_carries_no_token(
-    auth: PaymeAuth,
-    tokens: TokenEndpoint,
-    router: respx.MockRouter,
-    status: int,
-    target: str,
+    auth: AnyAuth, tokens: TokenEndpoint, status: int, target: str, plug: Plug
 ) -> None:
     """A redirect from the API to another origin arrives there without Authorization."""
+    router = plug.router
     landing = router.route(url=target).respond(200, text="landed")
     start = router.get(f"{API}/charges/m/1/2").respond(status, headers={"Location": target})
-    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+    async with plug.client(auth=auth, follow_redirects=True) as client:
         response = await client.get(f"{API}/charges/m/1/2")
     assert response.status_code == 200
     assert response.text == "landed"
@@ -452,12 +552,12 @@ async def test_redirect_to_another_origin_carries_no_token(
 
 @pytest.mark.parametrize("status", [302, 307])
 async def test_same_origin_redirect_keeps_the_token(
-    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter, status: int
+    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, status: int, plug: Plug
 ) -> None:
     """A redirect within the API origin keeps Authorization and ALG-API-VERSION."""
     start = router.get(f"{API}/old").respond(status, headers={"Location": "/new"})
     landing = router.get(f"{API}/new").respond(200)
-    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+    async with plug.client(auth=auth, follow_redirects=True) as client:
         response = await client.get(f"{API}/old")
     assert response.status_code == 200
     assert authorizations(start) == authorizations(landing) == [tokens.bearer(0)]
@@ -466,7 +566,7 @@ async def test_same_origin_redirect_keeps_the_token(
 
 
 async def test_loopback_environment_works_over_http(
-    make_auth: AuthFactory, router: respx.MockRouter
+    make_auth: AuthFactory, router: respx.MockRouter, plug: Plug
 ) -> None:
     """A custom loopback Environment gets its token over http and sends it to its own origin."""
     environment = Environment(token_url="http://127.0.0.1:9/token", audience="http://127.0.0.1:9/")
@@ -475,7 +575,7 @@ async def test_loopback_environment_works_over_http(
     other_port = router.get("http://127.0.0.1:10/charges").respond(200)
     by_name = router.get("http://localhost:9/charges").respond(200)
     auth = await make_auth(environment=environment)
-    async with httpx.AsyncClient(auth=auth) as client:
+    async with plug.client(auth=auth) as client:
         assert (await client.post("http://127.0.0.1:9/charges", json={})).status_code == 201
         await client.get("http://127.0.0.1:10/charges")
         await client.get("http://localhost:9/charges")
@@ -492,11 +592,15 @@ async def test_loopback_environment_works_over_http(
 
 
 async def test_a_401_is_replayed_once_with_a_new_token(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route, caplog: pytest.LogCaptureFixture
+    auth: AnyAuth,
+    tokens: TokenEndpoint,
+    api: respx.Route,
+    caplog: pytest.LogCaptureFixture,
+    plug: Plug,
 ) -> None:
     """401 then 200: the caller gets the 200, after exactly two token requests."""
     api.side_effect = [httpx.Response(401), httpx.Response(200, json={"ok": True})]
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         response = await client.get("/charges/m/1/2")
     assert response.status_code == 200
     assert response.json() == {"ok": True}
@@ -510,11 +614,11 @@ async def test_a_401_is_replayed_once_with_a_new_token(
 
 
 async def test_a_second_401_goes_back_to_the_caller(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """401 twice: the caller gets the second 401; no third attempt, no third token."""
     api.side_effect = unauthorized
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         response = await client.get("/charges/m/1/2")
         assert response.status_code == 401
         assert api.call_count == 2
@@ -528,11 +632,11 @@ async def test_a_second_401_goes_back_to_the_caller(
 
 
 async def test_a_403_is_returned_as_it_is(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A 403 is the caller's answer: no replay, no new token, the token kept."""
     api.respond(403, json={"message": "Forbidden"})
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         response = await client.delete("/charges/m/1")
         assert response.status_code == 403
         assert response.json() == {"message": "Forbidden"}
@@ -548,11 +652,11 @@ async def _chunks() -> AsyncIterator[bytes]:
 
 
 async def test_a_streamed_body_is_not_replayed(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A request whose body is an async stream gets the 401 back: it cannot be sent twice."""
     api.side_effect = unauthorized
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         response = await client.post("/charges", content=_chunks())
     assert response.status_code == 401
     assert api.call_count == 1
@@ -562,7 +666,7 @@ async def test_a_streamed_body_is_not_replayed(
 
 
 async def test_a_401_on_a_streamed_body_still_drops_the_token(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """After a 401 on a streamed body, the next request goes out with a new token."""
 
@@ -572,7 +676,7 @@ async def test_a_401_on_a_streamed_body_still_drops_the_token(
         return httpx.Response(200)
 
     api.side_effect = reject_first_token
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         first = await client.post("/charges", content=_chunks())
         assert first.status_code == 401
         second = await client.post("/charges", content=_chunks())
@@ -591,11 +695,11 @@ async def test_a_401_on_a_streamed_body_still_drops_the_token(
     ids=["json", "bytes", "form"],
 )
 async def test_a_replayable_body_is_replayed_unchanged(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route, body: dict[str, Any]
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, body: dict[str, Any], plug: Plug
 ) -> None:
     """A JSON, bytes or form body is sent again, byte for byte, with its headers."""
     api.side_effect = [httpx.Response(401), httpx.Response(201)]
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         response = await client.post("/charges", **body)
     assert response.status_code == 201
     first, replay = sent(api, 0), sent(api, 1)
@@ -611,7 +715,7 @@ async def test_a_replayable_body_is_replayed_unchanged(
 
 
 async def test_concurrent_401s_for_one_token_cause_one_new_token(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A hundred requests refused with the same token fetch exactly one new token, then pass."""
     crowd = 100
@@ -629,7 +733,7 @@ async def test_concurrent_401s_for_one_token_cause_one_new_token(
         return httpx.Response(200)
 
     statuses: list[int] = []
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         await auth.get_token()
         api.side_effect = answer
 
@@ -648,12 +752,12 @@ async def test_concurrent_401s_for_one_token_cause_one_new_token(
 
 
 async def test_a_401_after_a_cross_origin_redirect_keeps_the_token(
-    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter
+    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, plug: Plug
 ) -> None:
     """A 401 from the host a redirect led to goes to the caller and does not drop our token."""
     landing = router.post(f"{OTHER}/3ds").respond(401)
     start = router.post(f"{API}/charges").respond(307, headers={"Location": f"{OTHER}/3ds"})
-    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+    async with plug.client(auth=auth, follow_redirects=True) as client:
         response = await client.post(f"{API}/charges", json={"amount": 1})
     assert response.status_code == 401
     assert response.url == f"{OTHER}/3ds"
@@ -665,13 +769,13 @@ async def test_a_401_after_a_cross_origin_redirect_keeps_the_token(
 
 
 async def test_a_401_after_a_same_origin_redirect_is_replayed(
-    auth: PaymeAuth, tokens: TokenEndpoint, router: respx.MockRouter
+    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, plug: Plug
 ) -> None:
     """A 401 at the end of a redirect within the API origin is replayed with a new token."""
     start = router.get(f"{API}/old").respond(307, headers={"Location": "/new"})
     landing = router.get(f"{API}/new")
     landing.side_effect = [httpx.Response(401), httpx.Response(200)]
-    async with httpx.AsyncClient(auth=auth, follow_redirects=True) as client:
+    async with plug.client(auth=auth, follow_redirects=True) as client:
         response = await client.get(f"{API}/old")
     assert response.status_code == 200
     assert tokens.calls == 2
@@ -679,7 +783,7 @@ async def test_a_401_after_a_same_origin_redirect_is_replayed(
     assert authorizations(landing) == [tokens.bearer(0), tokens.bearer(1)]
 
 
-async def test_invalidate_compares_then_drops(auth: PaymeAuth, tokens: TokenEndpoint) -> None:
+async def test_invalidate_compares_then_drops(auth: AnyAuth, tokens: TokenEndpoint) -> None:
     """invalidate(token) drops only that token if still cached; invalidate() drops any."""
     assert auth.invalidate() is False
     old = await auth.get_token()
@@ -705,11 +809,11 @@ async def test_invalidate_compares_then_drops(auth: PaymeAuth, tokens: TokenEndp
 
 
 async def test_refused_credentials_reach_the_caller(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A 401 from the token URL raises InvalidCredentialsError from client.get; no API call."""
     tokens.answers.append(httpx.Response(401, json={"error": "access_denied"}))
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         with pytest.raises(InvalidCredentialsError) as caught:
             await client.get("/charges/m/1/2")
     assert caught.value.status_code == 401
@@ -719,11 +823,11 @@ async def test_refused_credentials_reach_the_caller(
 
 
 async def test_an_unavailable_endpoint_reaches_the_caller_after_retries(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """503s from the token URL raise TokenEndpointUnavailableError after 3 attempts."""
     tokens.answers.extend([httpx.Response(503)] * 3)
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         with pytest.raises(TokenEndpointUnavailableError) as caught:
             await client.post("/charges", json={"amount": 1})
         assert caught.value.attempts == 3
@@ -737,11 +841,11 @@ async def test_an_unavailable_endpoint_reaches_the_caller_after_retries(
 
 
 async def test_a_failed_renewal_after_a_401_reaches_the_caller(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """When the token for the replay cannot be had, the caller gets the typed error."""
     api.side_effect = unauthorized
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         await auth.get_token()
         tokens.answers.append(httpx.Response(401, json={"error": "access_denied"}))
         with pytest.raises(InvalidCredentialsError):
@@ -750,12 +854,14 @@ async def test_a_failed_renewal_after_a_401_reaches_the_caller(
     assert tokens.calls == 2
 
 
-async def test_a_closed_auth_sends_nothing(tokens: TokenEndpoint, api: respx.Route) -> None:
+async def test_a_closed_auth_sends_nothing(
+    tokens: TokenEndpoint, api: respx.Route, plug: Plug
+) -> None:
     """After aclose(), an API request raises AuthClosedError and nothing is sent."""
-    auth = PaymeAuth(CLIENT_ID, CLIENT_SECRET)
+    auth = plug.auth_class(CLIENT_ID, CLIENT_SECRET)
     await auth.get_token()
     await auth.aclose()
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         with pytest.raises(AuthClosedError):
             await client.get("/refund")
     with pytest.raises(AuthClosedError):
@@ -767,7 +873,7 @@ async def test_a_closed_auth_sends_nothing(tokens: TokenEndpoint, api: respx.Rou
 # -- headers() for other clients ---------------------------------------------------------------
 
 
-async def test_headers_are_exactly_the_two(auth: PaymeAuth, tokens: TokenEndpoint) -> None:
+async def test_headers_are_exactly_the_two(auth: AnyAuth, tokens: TokenEndpoint) -> None:
     """headers() gives exactly Authorization and ALG-API-VERSION, from the cached token."""
     headers = await auth.headers()
     assert headers == {"Authorization": tokens.bearer(0), "ALG-API-VERSION": "1709847567"}
@@ -776,7 +882,7 @@ async def test_headers_are_exactly_the_two(auth: PaymeAuth, tokens: TokenEndpoin
 
 
 async def test_headers_use_the_environment_api_version(
-    make_auth: AuthFactory, router: respx.MockRouter
+    make_auth: AuthFactory, router: respx.MockRouter, plug: Plug
 ) -> None:
     """A custom api_version is the ALG-API-VERSION that headers() and the flow send."""
     environment = Environment(
@@ -789,7 +895,7 @@ async def test_headers_use_the_environment_api_version(
         "Authorization": custom_tokens.bearer(0),
         "ALG-API-VERSION": "7",
     }
-    async with httpx.AsyncClient(auth=auth) as client:
+    async with plug.client(auth=auth) as client:
         await client.get("https://api.example/charges")
     assert sent(route).headers["ALG-API-VERSION"] == "7"
     assert custom_tokens.calls == 1
@@ -799,19 +905,19 @@ async def test_headers_use_the_environment_api_version(
 
 
 async def test_flows_suspended_at_their_yields_block_nothing(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """While flows sit at their first or replay yield, other requests and renewals complete."""
-    waiting = auth.async_auth_flow(httpx.Request("GET", f"{API}/a"))
+    waiting = auth.async_auth_flow(plug.http.Request("GET", f"{API}/a"))
     first = await waiting.__anext__()
-    replaying = auth.async_auth_flow(httpx.Request("GET", f"{API}/b"))
+    replaying = auth.async_auth_flow(plug.http.Request("GET", f"{API}/b"))
     second = await replaying.__anext__()
     assert first.headers["Authorization"] == second.headers["Authorization"] == tokens.bearer(0)
     with anyio.fail_after(2):
         # The second flow's 401 renews the token while the first is suspended at its yield.
-        replay = await replaying.asend(httpx.Response(401, request=second))
+        replay = await replaying.asend(plug.http.Response(401, request=second))
         assert replay.headers["Authorization"] == tokens.bearer(1)
-        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
         assert (await auth.refresh()).value == tokens.issued[2]
         assert (await auth.headers())["Authorization"] == tokens.bearer(2)
@@ -821,52 +927,52 @@ async def test_flows_suspended_at_their_yields_block_nothing(
 
 
 async def test_an_abandoned_flow_blocks_nothing(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A flow closed at its first yield leaves every later request free to complete."""
-    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
     await flow.__anext__()
     await flow.aclose()
     with anyio.fail_after(2):
-        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
-        other = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+        other = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
         assert (await other.__anext__()).headers["Authorization"] == tokens.bearer(0)
         await other.aclose()
     assert tokens.calls == 1
 
 
 async def test_a_flow_abandoned_at_the_replay_blocks_nothing(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A flow closed at its replay yield leaves the new token usable by later requests."""
-    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
     first = await flow.__anext__()
-    await flow.asend(httpx.Response(401, request=first))
+    await flow.asend(plug.http.Response(401, request=first))
     await flow.aclose()
     with anyio.fail_after(2):
-        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
     assert tokens.calls == 2
     assert authorizations(api) == [tokens.bearer(1)]
 
 
 async def test_a_flow_closed_from_another_task_blocks_nothing(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A flow suspended at its yield and closed by another task leaves the auth usable."""
-    flow = auth.async_auth_flow(httpx.Request("GET", f"{API}/refund"))
+    flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
     await flow.__anext__()
     with anyio.fail_after(2):
         async with anyio.create_task_group() as tg:
             tg.start_soon(flow.aclose)
-        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
     assert tokens.calls == 1
 
 
 async def test_a_request_cancelled_at_the_api_leaves_the_auth_usable(
-    auth: PaymeAuth, tokens: TokenEndpoint, api: respx.Route
+    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A client.get cancelled while the API is answering leaves the next request working."""
 
@@ -879,7 +985,7 @@ async def test_a_request_cancelled_at_the_api_leaves_the_auth_usable(
 
     api.side_effect = hang
     await auth.get_token()  # so that the cancellation lands at the API, not the token fetch
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         with anyio.move_on_after(0.05) as scope:
             await client.get("/charges/m/1/2")
         assert scope.cancelled_caught
@@ -893,12 +999,12 @@ async def test_a_request_cancelled_at_the_api_leaves_the_auth_usable(
 
 
 async def test_a_request_cancelled_while_fetching_leaves_the_auth_usable(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route
+    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, plug: Plug
 ) -> None:
     """A client.get cancelled during the token fetch leaves the next request working."""
     auth = await make_auth()
     tokens.delay = 0.3
-    async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+    async with plug.client(base_url=API, auth=auth) as client:
         with anyio.move_on_after(0.05) as scope:
             await client.get("/refund")
         assert scope.cancelled_caught
@@ -913,11 +1019,13 @@ async def test_a_request_cancelled_while_fetching_leaves_the_auth_usable(
 # -- life cycle and a borrowed http_client -----------------------------------------------------
 
 
-async def test_async_with_opens_and_closes(tokens: TokenEndpoint, api: respx.Route) -> None:
+async def test_async_with_opens_and_closes(
+    tokens: TokenEndpoint, api: respx.Route, plug: Plug
+) -> None:
     """Inside async with, requests are authenticated; after it, the auth refuses to fetch."""
     async with (
-        PaymeAuth(CLIENT_ID, CLIENT_SECRET) as auth,
-        httpx.AsyncClient(base_url=API, auth=auth) as client,
+        plug.auth_class(CLIENT_ID, CLIENT_SECRET) as auth,
+        plug.client(base_url=API, auth=auth) as client,
     ):
         assert (await client.get("/refund")).status_code == 200
     assert sent(api).headers["Authorization"] == tokens.bearer(0)
@@ -928,7 +1036,11 @@ async def test_async_with_opens_and_closes(tokens: TokenEndpoint, api: respx.Rou
 
 
 async def test_a_borrowed_client_is_used_but_not_changed(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, router: respx.MockRouter
+    make_auth: AuthFactory,
+    tokens: TokenEndpoint,
+    api: respx.Route,
+    router: respx.MockRouter,
+    plug: Plug,
 ) -> None:
     """A borrowed client sends the token request without its own auth, and is left as it was."""
     basic = httpx.BasicAuth("u", "p")
@@ -937,7 +1049,7 @@ async def test_a_borrowed_client_is_used_but_not_changed(
     ) as borrowed:
         headers_before = list(borrowed.headers.multi_items())
         auth = await make_auth(http_client=borrowed)
-        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
         await auth.aclose()
         token_request = sent(tokens.route)
@@ -956,7 +1068,11 @@ async def test_a_borrowed_client_is_used_but_not_changed(
 
 
 async def test_a_borrowed_client_does_not_follow_token_redirects(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, router: respx.MockRouter
+    make_auth: AuthFactory,
+    tokens: TokenEndpoint,
+    api: respx.Route,
+    router: respx.MockRouter,
+    plug: Plug,
 ) -> None:
     """A token URL answering 307 is an error, even if the borrowed client follows redirects."""
     elsewhere = router.post("https://elsewhere.example/token").respond(200, json=token_answer())
@@ -965,7 +1081,7 @@ async def test_a_borrowed_client_does_not_follow_token_redirects(
     )
     async with httpx.AsyncClient(follow_redirects=True) as borrowed:
         auth = await make_auth(http_client=borrowed)
-        async with httpx.AsyncClient(base_url=API, auth=auth) as client:
+        async with plug.client(base_url=API, auth=auth) as client:
             with pytest.raises(TokenResponseError) as caught:
                 await client.get("/refund")
         assert caught.value.status_code == 307
@@ -990,14 +1106,14 @@ async def test_the_api_client_can_be_borrowed_for_tokens(
     assert tokens.calls == 1
 
 
-async def test_a_synchronous_client_is_refused(router: respx.MockRouter) -> None:
+async def test_a_synchronous_client_is_refused(router: respx.MockRouter, plug: Plug) -> None:
     """httpx.Client(auth=PaymeAuth(...)) raises ConfigurationError and sends nothing."""
     route = router.get(f"{API}/refund").respond(200)
 
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET)) as auth:
+    async with aclosing(plug.auth_class(CLIENT_ID, CLIENT_SECRET)) as auth:
 
         def send_synchronously() -> None:
-            with httpx.Client(auth=auth) as client:
+            with plug.http.Client(auth=auth) as client:
                 client.get(f"{API}/refund")
 
         with pytest.raises(ConfigurationError, match="AsyncClient"):
@@ -1035,42 +1151,46 @@ async def test_a_synchronous_client_is_refused(router: respx.MockRouter) -> None
         ({"clock": 1000.0}, "clock must be a callable"),
     ],
 )
-async def test_invalid_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:
+async def test_invalid_settings_are_refused(kwargs: dict[str, Any], match: str, plug: Plug) -> None:
     """A bad setting raises ConfigurationError naming it, and never shows the secret."""
     arguments: dict[str, Any] = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
     arguments.update(kwargs)
     with pytest.raises(ConfigurationError, match=match) as caught:
-        PaymeAuth(**arguments)
+        plug.auth_class(**arguments)
     assert CLIENT_SECRET not in str(caught.value)
 
 
-async def test_a_synchronous_http_client_is_refused() -> None:
+async def test_a_synchronous_http_client_is_refused(plug: Plug) -> None:
     """A synchronous httpx.Client is not accepted as http_client."""
     with httpx.Client() as sync_client, pytest.raises(ConfigurationError, match="AsyncClient"):
-        PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=sync_client)  # type: ignore[arg-type]
+        plug.auth_class(CLIENT_ID, CLIENT_SECRET, http_client=sync_client)
 
 
 @pytest.mark.parametrize(
     "value", [5, 2.5, httpx.Timeout(5.0), httpx.Timeout(1.0, connect=2.0, pool=3.0)]
 )
-async def test_valid_timeouts_are_accepted(value: float | httpx.Timeout) -> None:
+async def test_valid_timeouts_are_accepted(value: float | httpx.Timeout, plug: Plug) -> None:
     """A positive number of seconds, or a Timeout that bounds every phase, is accepted."""
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, timeout=value)) as auth:
+    async with aclosing(plug.auth_class(CLIENT_ID, CLIENT_SECRET, timeout=value)) as auth:
         assert auth.client_id == CLIENT_ID
 
 
 @pytest.mark.parametrize("assumed", [None, 1, 300])
-async def test_valid_assumed_lifetimes_are_accepted(assumed: int | None) -> None:
+async def test_valid_assumed_lifetimes_are_accepted(assumed: int | None, plug: Plug) -> None:
     """None or a positive whole number of seconds is a valid assumed_expires_in."""
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, assumed_expires_in=assumed)) as auth:
+    async with aclosing(
+        plug.auth_class(CLIENT_ID, CLIENT_SECRET, assumed_expires_in=assumed)
+    ) as auth:
         assert auth.client_id == CLIENT_ID
 
 
-async def test_repr_names_the_client_but_no_secret() -> None:
+async def test_repr_names_the_client_but_no_secret(plug: Plug) -> None:
     """repr() shows the client id, environment and scopes, never the secret."""
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET, scopes=[Scope.POST_CHARGES])) as auth:
+    async with aclosing(
+        plug.auth_class(CLIENT_ID, CLIENT_SECRET, scopes=[Scope.POST_CHARGES])
+    ) as auth:
         assert repr(auth) == (
-            f"PaymeAuth(client_id={CLIENT_ID!r}, environment='preprod', "
+            f"{plug.repr_prefix}PaymeAuth(client_id={CLIENT_ID!r}, environment='preprod', "
             "scopes='create:token post:charges')"
         )
         assert CLIENT_SECRET not in repr(auth)
@@ -1078,33 +1198,33 @@ async def test_repr_names_the_client_but_no_secret() -> None:
         assert auth.environment is Environment.PREPROD
 
 
-async def test_from_env_reads_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_from_env_reads_the_variables(monkeypatch: pytest.MonkeyPatch, plug: Plug) -> None:
     """from_env() builds a PaymeAuth from PAYME_* variables; keyword arguments override them."""
     for name in ("PAYME_TOKEN_URL", "PAYME_AUDIENCE", "PAYME_API_VERSION", "PAYME_SCOPES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PAYME_CLIENT_ID", "env-client")
     monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
     monkeypatch.setenv("PAYME_ENVIRONMENT", "production")
-    async with aclosing(PaymeAuth.from_env()) as auth:
+    async with aclosing(plug.auth_class.from_env()) as auth:
         assert auth.client_id == "env-client"
         assert auth.environment is Environment.PRODUCTION
-        assert auth.applies_to(httpx.URL("https://api.alignet.io/charges")) is True
-        assert auth.applies_to(httpx.URL(f"{API}/charges")) is False
-    overridden = PaymeAuth.from_env(client_id="other", environment=Environment.PREPROD)
+        assert auth.applies_to(plug.http.URL("https://api.alignet.io/charges")) is True
+        assert auth.applies_to(plug.http.URL(f"{API}/charges")) is False
+    overridden = plug.auth_class.from_env(client_id="other", environment=Environment.PREPROD)
     async with aclosing(overridden):
         assert overridden.client_id == "other"
         assert overridden.environment is Environment.PREPROD
     # A setting given as an argument is not read from the environment at all.
     monkeypatch.setenv("PAYME_ENVIRONMENT", "no-such-environment")
     with pytest.raises(ConfigurationError, match="no-such-environment"):
-        PaymeAuth.from_env()
-    async with aclosing(PaymeAuth.from_env(environment=Environment.PREPROD)) as auth:
+        plug.auth_class.from_env()
+    async with aclosing(plug.auth_class.from_env(environment=Environment.PREPROD)) as auth:
         assert auth.environment is Environment.PREPROD
 
 
 @pytest.mark.parametrize("missing", ["PAYME_CLIENT_ID", "PAYME_CLIENT_SECRET"])
 async def test_from_env_names_a_missing_variable(
-    monkeypatch: pytest.MonkeyPatch, missing: str
+    monkeypatch: pytest.MonkeyPatch, missing: str, plug: Plug
 ) -> None:
     """from_env() without a credential variable raises ConfigurationError naming it."""
     for name in ("PAYME_TOKEN_URL", "PAYME_AUDIENCE", "PAYME_ENVIRONMENT", "PAYME_SCOPES"):
@@ -1113,4 +1233,4 @@ async def test_from_env_names_a_missing_variable(
     monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
     monkeypatch.delenv(missing)
     with pytest.raises(ConfigurationError, match=f"{missing} is not set"):
-        PaymeAuth.from_env()
+        plug.auth_class.from_env()

@@ -343,14 +343,17 @@ EXPECTED_ALL = [
     "Environment",
     "InsufficientScopeError",
     "InvalidCredentialsError",
+    "MemoryTokenStore",
     "PaymeAuth",
     "PaymeAuthError",
     "RetryPolicy",
     "Scope",
+    "SharedToken",
     "TokenEndpointUnavailableError",
     "TokenError",
     "TokenRefusedError",
     "TokenResponseError",
+    "TokenStore",
     "__version__",
 ]
 

@@ -1,0 +1,470 @@
+"""Sharing a token through a TokenStore: several providers on one in-memory store stand for
+the processes of a fleet (asyncio and trio)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from payme_auth import AccessToken, ConfigurationError, Environment, PaymeAuth, RetryPolicy
+from payme_auth import _store as store_module
+from payme_auth._store import MemoryTokenStore, SharedToken, TokenStore, lease_ttl, store_key
+
+from .conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FAST_RETRY,
+    TOKEN_MARK,
+    FakeClock,
+    TokenServer,
+    token_answer,
+)
+
+pytestmark = pytest.mark.anyio
+
+SKEW = store_module.CLOCK_SKEW
+
+
+def make_auth(clock: FakeClock, store: TokenStore, **kwargs: Any) -> PaymeAuth:
+    kwargs.setdefault("retry", FAST_RETRY)
+    return PaymeAuth(CLIENT_ID, CLIENT_SECRET, clock=clock, store=store, **kwargs)
+
+
+def key_of(auth: PaymeAuth) -> str:
+    environment = Environment.PREPROD
+    return store_key(
+        token_url=environment.token_url,
+        audience=environment.audience,
+        client_id=CLIENT_ID,
+        scopes=auth.scopes,
+    )
+
+
+class CountingStore(MemoryTokenStore):
+    """A MemoryTokenStore that counts the calls made to it."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self.calls = 0
+
+    async def get(self, key: str) -> SharedToken | None:
+        self.calls += 1
+        return await super().get(key)
+
+    async def acquire(self, key: str, owner: str, ttl: float) -> bool:
+        self.calls += 1
+        return await super().acquire(key, owner, ttl)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+# -- sharing -------------------------------------------------------------------------------
+
+
+async def test_a_second_process_takes_the_stored_token(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """The second provider gets the first one's token from the store: one request in all.
+    It assumes the token expires CLOCK_SKEW seconds earlier (another host's clock)."""
+    store = MemoryTokenStore(clock)
+    first = await make_auth(clock, store).get_token()
+    second = await make_auth(clock, store).get_token()
+    assert server.calls == 1
+    assert second.value == first.value
+    assert second.expires_at == pytest.approx(first.expires_at - SKEW)
+    assert second.expires_in == first.expires_in
+
+
+async def test_many_providers_and_callers_share_one_request(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """5 providers with 40 callers each, all at once: one token request, one token."""
+    store = MemoryTokenStore(clock)
+    auths = [make_auth(clock, store) for _ in range(5)]
+    tokens: list[AccessToken] = []
+
+    async def one(auth: PaymeAuth) -> None:
+        tokens.append(await auth.get_token())
+
+    server.hold()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            for auth in auths:
+                for _ in range(40):
+                    group.start_soon(one, auth)
+            await eventually(lambda: server.arrived == 1)
+            await anyio.sleep(0.05)  # every provider is waiting on the lease by now
+            server.release()
+    assert server.calls == 1
+    assert len(tokens) == 200
+    assert len({token.value for token in tokens}) == 1
+
+
+async def test_a_cached_token_never_asks_the_store(clock: FakeClock, server: TokenServer) -> None:
+    """The hot path stays local: once a token is cached, getting it makes no store call."""
+    store = CountingStore(clock)
+    auth = make_auth(clock, store)
+    await auth.get_token()
+    calls = store.calls
+    for _ in range(100):
+        await auth.get_token()
+    assert store.calls == calls
+    assert server.calls == 1
+
+
+async def test_background_renewal_takes_a_newer_stored_token(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """In the advisory window a provider first looks in the store: another provider's
+    renewal already put a newer token there, so it takes that one without a request."""
+    store = MemoryTokenStore(clock)
+    one, two = make_auth(clock, store), make_auth(clock, store)
+    first = await one.get_token()
+    assert (await two.get_token()).value == first.value
+    clock.advance(first.expires_in * 0.7)  # past 2/3 of its usable life
+    assert (await one.get_token()).value == first.value  # served, renewal in the background
+    await eventually(lambda: one.stats().state == "fresh")
+    renewed = one.stats().token_fingerprint
+    assert server.calls == 2
+    assert (await two.get_token()).value == first.value
+    await eventually(lambda: two.stats().token_fingerprint == renewed)
+    assert server.calls == 2
+    assert two.stats().background_renewals == 1
+
+
+async def test_a_stored_token_inside_its_margin_is_not_taken(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """A stored token already due for renewal is ignored: a new one is fetched and stored."""
+    store = MemoryTokenStore(clock)
+    auth = make_auth(clock, store, refresh_margin=60)
+    now = clock()
+    old = SharedToken(
+        value=f"{TOKEN_MARK}old", scope=auth.scopes, issued_at=now - 8000, expires_at=now + 60
+    )
+    await store.publish(key_of(auth), old)
+    token = await auth.get_token()
+    assert token.value != old.value
+    assert server.calls == 1
+    stored = await store.get(key_of(auth))
+    assert stored is not None
+    assert stored.value == token.value
+
+
+async def test_forced_refresh_replaces_the_stored_token(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """refresh() does not settle for the token it already has, even if the store has it."""
+    store = MemoryTokenStore(clock)
+    auth = make_auth(clock, store)
+    first = await auth.get_token()
+    clock.advance(1)
+    second = await auth.refresh()
+    assert second.value != first.value
+    assert server.calls == 2
+    stored = await store.get(key_of(auth))
+    assert stored is not None
+    assert stored.value == second.value
+
+
+async def test_the_same_token_again_is_not_published(clock: FakeClock, server: TokenServer) -> None:
+    """A server that answers with the token it gave before does not make it look newer in
+    the store: the stored issue time stays the first one."""
+    store = MemoryTokenStore(clock)
+    auth = make_auth(clock, store)
+    same = token_answer()
+    server.answers.extend([lambda: httpx.Response(200, json=same)] * 2)
+    first = await auth.get_token()
+    before = await store.get(key_of(auth))
+    clock.advance(100)
+    assert (await auth.refresh()).value == first.value
+    assert server.calls == 2
+    assert await store.get(key_of(auth)) == before
+
+
+# -- refused tokens ------------------------------------------------------------------------
+
+
+async def test_a_refused_token_is_dropped_from_the_store_and_replaced_once(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """Both providers see the API refuse the shared token: the first drops it from the
+    store and fetches; the second takes the new one. Two requests in all."""
+    store = MemoryTokenStore(clock)
+    one, two = make_auth(clock, store), make_auth(clock, store)
+    first = await one.get_token()
+    refused = await two.get_token()
+    assert one.invalidate(first)
+    second = await one.get_token()
+    assert second.value != first.value
+    assert two.invalidate(refused)
+    assert (await two.get_token()).value == second.value
+    assert server.calls == 2
+
+
+async def test_a_stale_refusal_keeps_a_newer_stored_token(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """A provider refused with an old token takes the newer stored one and leaves it."""
+    store = MemoryTokenStore(clock)
+    one, two = make_auth(clock, store), make_auth(clock, store)
+    old = await two.get_token()
+    assert (await one.get_token()).value == old.value
+    clock.advance(1)
+    newer = await one.refresh()
+    two.invalidate(old)
+    assert (await two.get_token()).value == newer.value
+    stored = await store.get(key_of(one))
+    assert stored is not None
+    assert stored.value == newer.value
+    assert server.calls == 2
+
+
+async def test_a_refused_token_is_never_taken_back(clock: FakeClock, server: TokenServer) -> None:
+    """After a refusal the provider fetches even if the refused token is back in the store."""
+    store = MemoryTokenStore(clock)
+    auth = make_auth(clock, store)
+    first = await auth.get_token()
+    auth.invalidate()
+    second = await auth.get_token()
+    assert second.value != first.value
+    await store.publish(key_of(auth), SharedToken.of(first, wall_now=clock(), now=clock()))
+    auth.invalidate(second)
+    third = await auth.get_token()
+    assert third.value not in (first.value, second.value)
+    assert server.calls == 3
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+async def test_a_crashed_lease_holder_blocks_only_until_its_lease_lapses(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """A lease whose holder died is waited on until it lapses; then this provider fetches."""
+    store = MemoryTokenStore(clock)
+    auth = make_auth(clock, store)
+    assert await store.acquire(key_of(auth), "dead-process", 10)
+    got: list[AccessToken] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+
+            async def get() -> None:
+                got.append(await auth.get_token())
+
+            group.start_soon(get)
+            await anyio.sleep(0.1)
+            assert server.calls == 0  # waiting for the holder
+            clock.advance(10)
+    assert server.calls == 1
+    assert len(got) == 1
+
+
+class HeldStore(MemoryTokenStore):
+    """A store whose lease is always someone else's, and who never publishes."""
+
+    async def acquire(self, key: str, owner: str, ttl: float) -> bool:
+        return False
+
+
+async def test_waiting_for_another_holder_is_bounded(
+    clock: FakeClock, server: TokenServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the lease never free and no token coming, the wait ends after twice the lease's
+    time to live and the provider fetches on its own, saying so."""
+    auth = make_auth(clock, HeldStore(clock), timeout=0.1, retry=RetryPolicy(attempts=1))
+    ttl = lease_ttl(RetryPolicy(attempts=1), 0.1)
+    began = time.monotonic()
+    with anyio.fail_after(5):
+        await auth.get_token()
+    assert 2 * ttl <= time.monotonic() - began < 2 * ttl + 1.5
+    assert server.calls == 1
+    assert any("no token came within" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_cancelled_holder_releases_the_lease(clock: FakeClock, server: TokenServer) -> None:
+    """A caller cancelled while it leads the fetch gives the lease back on its way out."""
+    store = MemoryTokenStore(clock)
+    auth = make_auth(clock, store)
+    server.hold()
+    with anyio.move_on_after(0.2):
+        await auth.get_token()
+    assert server.arrived == 1
+    assert await store.acquire(key_of(auth), "next", 1)
+    server.release()
+
+
+def test_lease_ttl_covers_the_slowest_fetch() -> None:
+    """Every attempt timing out plus the backoff between them, and a tenth more."""
+    assert lease_ttl(RetryPolicy(), 10.0) == pytest.approx((30 + 0.5 + 1.0) * 1.1 + 0.5)
+    assert lease_ttl(RetryPolicy(attempts=1), 2.0) == pytest.approx(2.7)
+    capped = RetryPolicy(attempts=5, backoff=1, max_backoff=2)
+    assert lease_ttl(capped, 1.0) == pytest.approx((5 + 1 + 2 + 2 + 2) * 1.1 + 0.5)
+
+
+# -- a store that fails --------------------------------------------------------------------
+
+
+class BrokenStore(MemoryTokenStore):
+    """A store that cannot be reached."""
+
+    async def get(self, key: str) -> SharedToken | None:
+        raise ConnectionError("connection refused")
+
+
+class HangingStore(MemoryTokenStore):
+    """A store that never answers."""
+
+    async def get(self, key: str) -> SharedToken | None:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+
+async def test_a_broken_store_means_local_fetches_and_one_warning(
+    clock: FakeClock, server: TokenServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every fetch still happens, locally; the fallback is a WARNING once, DEBUG after."""
+    auth = make_auth(clock, BrokenStore(clock))
+    for _ in range(3):
+        await auth.refresh()
+    assert server.calls == 3
+    records = [r for r in caplog.records if "token store failed" in r.getMessage()]
+    assert [r.levelno for r in records] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "get: ConnectionError: connection refused" in records[0].getMessage()
+
+
+async def test_a_hanging_store_is_bounded(
+    clock: FakeClock, server: TokenServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store call that never returns is abandoned after the call limit."""
+    monkeypatch.setattr(store_module, "_CALL_LIMIT", 0.1)
+    auth = make_auth(clock, HangingStore(clock))
+    with anyio.fail_after(2):
+        await auth.get_token()
+    assert server.calls == 1
+
+
+class MisplacedStore(MemoryTokenStore):
+    """A store that cannot work here at all."""
+
+    async def get(self, key: str) -> SharedToken | None:
+        raise ConfigurationError("this store cannot run here")
+
+
+async def test_a_configuration_error_reaches_the_caller(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """A ConfigurationError from the store is not a reason to go without it: it is raised."""
+    auth = make_auth(clock, MisplacedStore(clock))
+    with pytest.raises(ConfigurationError, match="cannot run here"):
+        await auth.get_token()
+    assert server.calls == 0
+
+
+def test_store_must_be_a_token_store() -> None:
+    """Anything without the five methods is refused up front."""
+    with pytest.raises(ConfigurationError, match="store must be a TokenStore"):
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET, store=object())  # type: ignore[arg-type]
+
+
+# -- the stored value ----------------------------------------------------------------------
+
+
+def shared_token(**kwargs: Any) -> SharedToken:
+    values: dict[str, Any] = {
+        "value": f"{TOKEN_MARK}x",
+        "scope": ["create:token"],
+        "issued_at": 1_000_000.0,
+        "expires_at": 1_000_100.0,
+    }
+    return SharedToken(**{**values, **kwargs})
+
+
+def test_conversion_to_the_local_clock() -> None:
+    """Wall-clock times become readings of the reader's monotonic clock, CLOCK_SKEW early
+    (at most a twentieth of the lifetime early)."""
+    token = shared_token().local(wall_now=1_000_040.0, now=50.0, clock_skew=5.0)
+    assert token is not None
+    assert token.expires_in == 100
+    assert token.obtained_at == pytest.approx(50.0 - 40.0 - 5.0)
+    assert token.expires_at == pytest.approx(105.0)
+    short = shared_token(expires_at=1_000_008.0).local(
+        wall_now=1_000_000.0, now=0.0, clock_skew=5.0
+    )
+    assert short is not None
+    assert short.expires_at == pytest.approx(7.6)
+
+
+def test_conversion_refuses_what_cannot_be_used() -> None:
+    """An expired token, a lifetime under a second, and an empty value are not taken; a
+    token issued in the reader's future counts as issued now."""
+    token = shared_token()
+    assert token.local(wall_now=1_000_096.0, now=0.0, clock_skew=5.0) is None
+    assert (
+        shared_token(expires_at=1_000_000.4).local(wall_now=1_000_000.0, now=0.0, clock_skew=0.0)
+        is None
+    )
+    assert shared_token(value="").local(wall_now=1_000_000.0, now=0.0, clock_skew=0.0) is None
+    ahead = token.local(wall_now=999_990.0, now=0.0, clock_skew=0.0)
+    assert ahead is not None
+    assert ahead.expires_at == pytest.approx(100.0)
+
+
+def test_round_trip_through_the_wall_clock() -> None:
+    """Shared then read back on the same clocks, a token keeps its times (minus the skew)."""
+    original = AccessToken(value=f"{TOKEN_MARK}y", scope=["a"], expires_in=300, obtained_at=20.0)
+    shared = SharedToken.of(original, wall_now=5_000.0, now=30.0)
+    assert (shared.issued_at, shared.expires_at) == (4_990.0, 5_290.0)
+    back = shared.local(wall_now=5_000.0, now=30.0, clock_skew=1.0)
+    assert back is not None
+    assert back.expires_at == pytest.approx(original.expires_at - 1.0)
+    assert back.fingerprint == original.fingerprint == shared.fingerprint
+
+
+def test_no_token_value_in_repr() -> None:
+    """repr and str show the fingerprint, never the value."""
+    token = shared_token()
+    assert TOKEN_MARK not in repr(token)
+    assert TOKEN_MARK not in str(token)
+    assert token.fingerprint in repr(token)
+
+
+def test_store_keys_tell_apart_what_differs() -> None:
+    """The key depends on token URL, audience, client id and scopes (not their order)."""
+
+    def key(
+        token_url: str = "t",  # noqa: S107 - not a password
+        audience: str = "a",
+        client_id: str = "c",
+        scopes: str = "x y",
+    ) -> str:
+        return store_key(
+            token_url=token_url, audience=audience, client_id=client_id, scopes=scopes.split()
+        )
+
+    assert key(scopes="y x") == key()
+    assert (
+        len({key(), key(token_url="u"), key(audience="b"), key(client_id="d"), key(scopes="x")})
+        == 5
+    )
+    assert len(key()) == 32
+
+
+async def test_memory_store_forgets_expired_tokens(clock: FakeClock) -> None:
+    """An expired token is gone on the next read."""
+    store = MemoryTokenStore(clock)
+    now = clock()
+    await store.publish("k", shared_token(issued_at=now, expires_at=now + 10))
+    assert await store.get("k") is not None
+    clock.advance(10)
+    assert await store.get("k") is None
