@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -926,7 +927,11 @@ def test_public_names() -> None:
     """The subpackage exports exactly its public names, sorted: constants, classes, functions."""
     exported = payme_auth.testing.__all__
     assert exported == sorted(exported, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
-    public = {name for name in vars(payme_auth.testing) if not name.startswith("_")}
+    public = {
+        name
+        for name, value in vars(payme_auth.testing).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
     assert set(exported) == public - {"annotations"}
 
 

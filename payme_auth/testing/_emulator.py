@@ -92,6 +92,17 @@ def _scope_tuple(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 _COUNTERS = tuple(attrs.fields_dict(EmulatorStats))
+# What reset() restores: every attribute that may be changed after construction.
+_KNOBS = (
+    "token_lifetime",
+    "token_latency",
+    "api_latency",
+    "token_failure_rate",
+    "rng",
+    "audience",
+    "api_version",
+    "clock",
+)
 
 
 @attrs.frozen
@@ -156,10 +167,31 @@ class PaymeEmulator:
         init=False, factory=collections.deque, repr=False
     )
     _counts: dict[str, int] = attrs.field(init=False, repr=False)
+    _initial: tuple[dict[str, Any], tuple[Any, ...]] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self.add_client(self.client_id, self.client_secret, scopes=self.scopes)
+        knobs = {name: getattr(self, name) for name in _KNOBS}
+        self._initial = (knobs, self.rng.getstate())
+
+    def reset(self) -> None:
+        """Put the emulator back as it was built, for the next test on a shared server.
+
+        Every knob gets its constructor value again (``rng`` its first state, so seeded
+        failures repeat), clients added since are forgotten and the first one restored,
+        injected faults are dropped, every token is revoked and the counters go to zero.
+        """
+        knobs, rng_state = self._initial
+        for name, value in knobs.items():
+            setattr(self, name, value)
+        self.rng.setstate(rng_state)
+        with self._lock:
+            self._clients.clear()
+            self._faults.clear()
+            self._tokens.clear()
+        self.add_client(self.client_id, self.client_secret, scopes=self.scopes)
+        self.reset_stats()
 
     def add_client(
         self, client_id: str, client_secret: str, *, scopes: Iterable[str] = DEFAULT_SCOPES
