@@ -3,6 +3,7 @@ endpoint, and a guard that no secret reaches a log record."""
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -143,3 +144,12 @@ class TokenServer:
 async def server() -> AsyncIterator[TokenServer]:
     with respx.mock(assert_all_called=False) as router:
         yield TokenServer(router)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Make a process that does not exit after the tests fail loudly instead of hanging.
+
+    A thread or child left running would keep the interpreter alive for ever; after 60 s,
+    every thread's stack is dumped and the process exits with an error.
+    """
+    faulthandler.dump_traceback_later(60, exit=True)
