@@ -38,6 +38,7 @@ class AccessToken:
         expires_in: the lifetime the server gave, in whole seconds.
         obtained_at: the provider's monotonic clock when the request for this token was sent
             (the earliest moment it can have been issued, so expiry is never overestimated).
+        authorization: ``"Bearer <token>"``, the ``Authorization`` header value (secret too).
     """
 
     value: str = attrs.field(repr=False)
@@ -45,6 +46,10 @@ class AccessToken:
     scope: frozenset[str] = attrs.field(converter=_scopes)
     expires_in: int
     obtained_at: float
+    authorization: str = attrs.field(init=False, repr=False, eq=False)  # made once, sent often
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "authorization", f"Bearer {self.value}")
 
     @property
     def expires_at(self) -> float:
@@ -56,10 +61,6 @@ class AccessToken:
         """A short one-way hash of :attr:`value`, to tell tokens apart in logs."""
         return fingerprint(self.value)
 
-    @property
-    def authorization(self) -> str:
-        """``"Bearer <token>"``, the ``Authorization`` header value."""
-        return f"Bearer {self.value}"
 
     def remaining(self, now: float) -> float:
         """Seconds of life left at clock reading *now* (negative once expired)."""
