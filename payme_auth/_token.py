@@ -61,7 +61,6 @@ class AccessToken:
         """A short one-way hash of :attr:`value`, to tell tokens apart in logs."""
         return fingerprint(self.value)
 
-
     def remaining(self, now: float) -> float:
         """Seconds of life left at clock reading *now* (negative once expired)."""
         return self.expires_at - now
