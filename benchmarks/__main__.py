@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -26,9 +27,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from ._fleet import fleet
 from ._measure import ROOT, Server
 from ._report import compact, markdown, plot, update_docs
 from ._scenarios import SCENARIOS, Settings
+
+SCENARIOS["fleet"] = fleet  # token requests per hour for N processes, with and without Redis
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
 
@@ -131,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(
             f"unknown scenario(s) {', '.join(unknown)}; choose from: {', '.join(SCENARIOS)}"
+        )
+    if importlib.util.find_spec("httpx2") is not None:
+        # Authlib then runs on httpx2 instead of httpx, and the harness's transports and
+        # servers speak httpx: every contender must run on the same HTTP stack.
+        parser.error(
+            "httpx2 is installed here, and Authlib would run on it instead of httpx: run the "
+            "benchmarks where it is not (`nox -s bench` builds such an environment)"
         )
     settings = Settings.quick_settings() if args.quick else Settings.full()
     if args.rounds > 0:

@@ -261,6 +261,10 @@ def markdown(results: dict[str, Any]) -> str:
             )
             + "\n"
         )
+    if "fleet" in scenarios:
+        from ._fleet import table
+
+        out.append(table(scenarios["fleet"]))
     targets = payme_targets(results)
     if targets:
         out.append("### payme_auth against its targets\n")

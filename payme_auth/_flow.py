@@ -105,9 +105,10 @@ async def auth_flow(
     if token is None:
         token = await provider.get_token()
     headers = request.headers
-    headers["Authorization"] = token.authorization
+    # Looked up before the token is added: the lookup decodes every header value.
     if "ALG-API-VERSION" not in headers:
         headers["ALG-API-VERSION"] = api_version
+    headers["Authorization"] = token.authorization
     response = yield request
     # A 401 from a host the client was redirected to says nothing about our token.
     if response.status_code != 401 or origin(response.request.url) not in origins:

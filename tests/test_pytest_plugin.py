@@ -7,7 +7,6 @@ import json
 import random
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -15,7 +14,6 @@ import httpx
 import pytest
 import respx
 
-import payme_auth.testing
 from payme_auth import (
     ConfigurationError,
     Environment,
@@ -61,15 +59,6 @@ USER_INI = """
 [pytest]
 filterwarnings = error
 """
-
-
-@pytest.fixture(autouse=True)
-def _plugin_module_not_left_on_the_package() -> Iterator[None]:
-    """Importing the plugin makes it an attribute of payme_auth.testing: undo that after."""
-    before = "pytest_plugin" in vars(payme_auth.testing)
-    yield
-    if not before:
-        vars(payme_auth.testing).pop("pytest_plugin", None)
 
 
 @pytest.fixture

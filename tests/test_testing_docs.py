@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-import payme_auth.testing
 
 pytest_plugins = ["pytester"]
 
@@ -39,15 +36,6 @@ def files() -> dict[str, str]:
     found = {match["name"]: match["code"] for match in BLOCK.finditer(PAGE.read_text("utf-8"))}
     assert found, "docs/testing.md has no <!-- file: NAME --> blocks"
     return found
-
-
-@pytest.fixture(autouse=True)
-def _plugin_module_not_left_on_the_package() -> Iterator[None]:
-    """Importing the plugin makes it an attribute of payme_auth.testing: undo that after."""
-    before = "pytest_plugin" in vars(payme_auth.testing)
-    yield
-    if not before:
-        vars(payme_auth.testing).pop("pytest_plugin", None)
 
 
 def test_every_recipe_file_is_counted() -> None:
