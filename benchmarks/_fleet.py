@@ -129,7 +129,7 @@ async def fleet(server: Server, settings: Settings, log: Callable[[str], None]) 
 def table(result: dict[str, Any]) -> str:
     """The scenario's rows as a Markdown section, for the report."""
     lines = [
-        "### Token requests for a fleet of processes",
+        "### 6. A fleet of processes",
         "",
         f"{LIFETIME} s tokens, extrapolated to Pay-me's {PAYME_LIFETIME} s tokens.",
         "",
@@ -137,8 +137,8 @@ def table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {row['processes']} | {row['store']} | {row['per_token_lifetime']:.2f} | "
+        f"| {row['processes']:.0f} | {row['store']} | {row['per_token_lifetime']:.2f} | "
         f"{row['per_hour_8600s_tokens']:.2f} | {row['failed_calls']:.0f} |"
         for row in result["rows"]
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
