@@ -181,7 +181,8 @@ async def cold_start(
                     "token_requests": stats["token_requests"],
                     "stall_ms": heartbeat.max_lateness * 1000,
                     "longest_callback_ms": longest.seconds * 1000,
-                    "_longest_where": longest.where,  # type: ignore[dict-item]
+                    "longest_callback_cpu_ms": longest.cpu_seconds * 1000,
+                    "_longest_where": longest.cpu_where,  # type: ignore[dict-item]
                     "wall_s": wall,
                     "failed": failed,
                 }
