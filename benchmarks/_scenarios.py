@@ -303,10 +303,15 @@ async def _flows_interleaved(count: int, log: Callable[[str], None]) -> dict[str
             for name, session in sessions[shift:] + sessions[:shift]:
                 requests = _requests(session, FLOW_BATCH)
                 drive = session.drive
-                began = time.perf_counter()
-                for request in requests:
-                    await drive(request, response)
-                elapsed = time.perf_counter() - began
+                gc.collect()
+                gc.disable()  # a collection would land in one batch at random
+                try:
+                    began = time.perf_counter()
+                    for request in requests:
+                        await drive(request, response)
+                    elapsed = time.perf_counter() - began
+                finally:
+                    gc.enable()
                 per[name].append({"flow_us": elapsed / FLOW_BATCH * 1e6})
     log(f"    auth flow alone: {turns} interleaved batches of {FLOW_BATCH} per contender")
     return per
@@ -349,8 +354,13 @@ async def warm_overhead(
         async with contender.open(mock_target()) as session:
             await start(session)
             await _sequential(session, 500)  # warm-up: token fetched, code paths hot
-            sequential = await _sequential(session, n)
-            concurrent = await _concurrent(session, n, width)
+            gc.collect()
+            gc.disable()  # as in the cold start: the collector's pauses land at random
+            try:
+                sequential = await _sequential(session, n)
+                concurrent = await _concurrent(session, n, width)
+            finally:
+                gc.enable()
         return {"sequential_us": sequential, "concurrent_us": concurrent}
 
     per = await alternate(settings.rounds, measure, log)

@@ -46,7 +46,8 @@ class URLLike(Protocol):
 
 
 class _HeadersLike(Protocol):
-    def __contains__(self, key: str, /) -> bool: ...
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]: ...
 
     def __setitem__(self, key: str, value: str, /) -> None: ...
 
@@ -79,6 +80,8 @@ class ResponseLike(Protocol):
 
 RequestT = TypeVar("RequestT", bound=RequestLike)
 
+_API_VERSION_HEADER = b"alg-api-version"
+
 
 # _config's origin_of reads only scheme, host and port, which httpx2's URL has too: the same
 # function, typed for both, so that requests and settings are always compared alike.
@@ -105,8 +108,12 @@ async def auth_flow(
     if token is None:
         token = await provider.get_token()
     headers = request.headers
-    # Looked up before the token is added: the lookup decodes every header value.
-    if "ALG-API-VERSION" not in headers:
+    # A scan of the raw names: `"ALG-API-VERSION" in headers` first guesses the headers'
+    # encoding by decoding every name and value, which costs more than the rest of the flow.
+    for name, _ in headers.raw:
+        if name.lower() == _API_VERSION_HEADER:
+            break
+    else:
         headers["ALG-API-VERSION"] = api_version
     headers["Authorization"] = token.authorization
     response = yield request
