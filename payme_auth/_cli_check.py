@@ -44,7 +44,8 @@ from ._errors import (
     TokenRefusedError,
     TokenResponseError,
 )
-from ._protocol import MAX_RESPONSE_BYTES, Failure, build_token_request, read_token_response
+from ._fetcher import read_capped
+from ._protocol import Failure, build_token_request, read_token_response
 from ._token import AccessToken
 
 __all__ = [
@@ -184,11 +185,7 @@ async def _probe(
                 content=request.content,
                 follow_redirects=False,
             ) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        break
+                body, truncated = await read_capped(response)
     except TimeoutError:
         return _Probe(
             outcome=None,
@@ -203,8 +200,8 @@ async def _probe(
     outcome = read_token_response(
         response.status_code,
         response.headers,
-        bytes(body[:MAX_RESPONSE_BYTES]),
-        truncated=len(body) > MAX_RESPONSE_BYTES,
+        body,
+        truncated=truncated,
         requested_scopes=scopes,
         obtained_at=started,
         now=received_at,

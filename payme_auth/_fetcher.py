@@ -41,7 +41,7 @@ from ._protocol import (
 )
 from ._token import AccessToken
 
-__all__ = ["TokenFetcher", "logger"]
+__all__ = ["TokenFetcher", "logger", "read_capped"]
 
 logger = logging.getLogger("payme_auth")
 
@@ -132,7 +132,7 @@ class TokenFetcher:
                     follow_redirects=False,
                     auth=None,
                 ) as response:
-                    body, truncated = await _read_capped(response)
+                    body, truncated = await read_capped(response)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except httpx.HTTPError as exc:  # undecodable content and the like: not transient
@@ -206,7 +206,7 @@ def _unavailable(outcome: Failure, attempts: int) -> TokenEndpointUnavailableErr
     )
 
 
-async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+async def read_capped(response: httpx.Response) -> tuple[bytes, bool]:
     """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more.
 
     The raw bytes are read to the end and decoded afterwards, in memory: httpx's decoding
