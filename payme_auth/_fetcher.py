@@ -18,7 +18,6 @@ Rules:
 from __future__ import annotations
 
 import functools
-import logging
 import random
 import ssl
 import time
@@ -31,6 +30,7 @@ import httpx
 
 from ._config import Environment
 from ._errors import TokenEndpointUnavailableError, TokenError, TokenResponseError
+from ._log import logger
 from ._policy import RetryPolicy
 from ._protocol import (
     MAX_RESPONSE_BYTES,
@@ -41,9 +41,7 @@ from ._protocol import (
 )
 from ._token import AccessToken
 
-__all__ = ["TokenFetcher", "logger", "read_capped"]
-
-logger = logging.getLogger("payme_auth")
+__all__ = ["TokenFetcher", "read_capped"]
 
 
 class TokenFetcher:

@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol, TypeVar, cast
 
 from ._config import Origin, origin_of
-from ._fetcher import logger
+from ._log import logger
 from ._provider import TokenProvider
 
 __all__ = ["RequestLike", "ResponseLike", "URLLike", "auth_flow", "origin"]

@@ -45,7 +45,8 @@ import attrs
 
 from ._broadcast import Broadcast
 from ._errors import AuthClosedError, PaymeAuthError, TokenEndpointUnavailableError, TokenError
-from ._fetcher import TokenFetcher, logger
+from ._fetcher import TokenFetcher
+from ._log import logger
 from ._policy import RetryPolicy, Windows, renewal_pause
 from ._stats import AuthStats, TokenState
 from ._store import SharedFetcher, TokenStore
@@ -135,6 +136,7 @@ class TokenProvider:
         self._tokens_obtained = self._renewals = self._background_renewals = 0
         self._failed_fetches = self._failed_renewals = self._replays = 0
         self._last_error: tuple[str, float] | None = None
+        self._last_fetch_failed = False
 
     # -- the cache -------------------------------------------------------------------------
 
@@ -297,6 +299,7 @@ class TokenProvider:
     def _accept(self, new: AccessToken, *, background: bool) -> AccessToken:
         """Take a fetched token into the cache, unless it expires no later than the cached one."""
         self._tokens_obtained += 1
+        self._last_fetch_failed = False
         old = self._token
         if old is not None and new.expires_at <= old.expires_at:
             # The same token again (a server that caches tokens), or an older one: keep
@@ -330,6 +333,7 @@ class TokenProvider:
         # error's traceback, and with it the fetch's frames, alive.
         text = str(error)
         self._last_error = (text, now)
+        self._last_fetch_failed = True
         token = self._valid()
         if token is None:
             self._failed_fetches += 1
@@ -373,8 +377,10 @@ class TokenProvider:
         else:
             state = "fresh"
         error = self._last_error
+        valid = token is not None and now < windows.expires_at
         return AuthStats(
             state=state,
+            healthy=not self._closed and (valid or not self._last_fetch_failed),
             token_fingerprint=token.fingerprint if token else None,
             token_age=now - token.obtained_at if token else None,
             time_left=token.remaining(now) if token else None,

@@ -24,6 +24,10 @@ class AuthStats:
             advisory window, where one background renewal may run), ``"due"`` (inside the
             refresh margin, where callers wait for a new token unless a renewal already
             failed), ``"expired"``, or ``"closed"``.
+        healthy: whether API calls can be authenticated now, in one word for a health
+            endpoint: ``True`` while an unexpired token is cached, or while there is none
+            and the last fetch (if any) did not fail; ``False`` once no valid token is left
+            and the last fetch failed, and after :meth:`~payme_auth.PaymeAuth.aclose`.
         token_fingerprint: the cached token's fingerprint, or ``None``.
         token_age: seconds since the cached token was requested, or ``None``.
         time_left: seconds until the cached token expires (negative once expired), or
@@ -42,6 +46,7 @@ class AuthStats:
     """
 
     state: TokenState
+    healthy: bool
     token_fingerprint: str | None
     token_age: float | None
     time_left: float | None

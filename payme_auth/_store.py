@@ -43,7 +43,8 @@ import anyio.lowlevel
 import attrs
 
 from ._errors import ConfigurationError
-from ._fetcher import TokenFetcher, logger
+from ._fetcher import TokenFetcher
+from ._log import logger
 from ._policy import RetryPolicy
 from ._token import AccessToken, fingerprint
 
