@@ -15,67 +15,211 @@ Rules:
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from ._config import (
-    Environment,
-    Origin,
-    Scope,
-    env_settings,
-    normalize_scopes,
-    origin_of,
-    parse_origin,
-)
+from ._config import Environment, Origin, Scope, env_settings, origin_of
 from ._errors import ConfigurationError
-from ._fetcher import TokenFetcher
 from ._flow import auth_flow
-from ._policy import RetryPolicy, check_seconds
-from ._protocol import MAX_EXPIRES_IN
+from ._policy import RetryPolicy
 from ._provider import TokenProvider
+from ._settings import Settings, TimeoutLike
 from ._stats import AuthStats
-from ._store import TokenStore, store_key
+from ._store import TokenStore
 from ._token import AccessToken
 
-__all__ = ["PaymeAuth"]
+__all__ = ["PaymeAuth", "PaymeAuthBase"]
 
-_MAX_CREDENTIAL_LENGTH = 1024
+_Auth = TypeVar("_Auth", bound="PaymeAuthBase")
 
 
-def _check_credential(name: str, value: object, *, secret: bool) -> str:
-    shown = "" if secret else f": {value!r}"
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}")
-    if not value or value != value.strip():
-        raise ConfigurationError(f"{name} must be non-empty, with no surrounding spaces{shown}")
-    if len(value) > _MAX_CREDENTIAL_LENGTH or not value.isprintable():
-        raise ConfigurationError(
-            f"{name} must be at most {_MAX_CREDENTIAL_LENGTH} printable characters{shown}"
+class PaymeAuthBase:
+    """What every plug shares: the settings, the token provider and its life cycle.
+
+    Use :class:`PaymeAuth` (or ``payme_auth.httpx2.PaymeAuth``); its arguments are these.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        environment: Environment = Environment.PREPROD,
+        scopes: Iterable[str | Scope] | str | None = None,
+        refresh_margin: float = 60.0,
+        timeout: float | TimeoutLike = 10.0,
+        http_client: httpx.AsyncClient | None = None,
+        retry: RetryPolicy | None = None,
+        extra_origins: Iterable[str] = (),
+        assumed_expires_in: int | None = 300,
+        advisory_ratio: float | None = 2 / 3,
+        clock: Callable[[], float] | None = None,
+        store: TokenStore | None = None,
+    ) -> None:
+        settings = Settings(
+            client_id=client_id,
+            client_secret=client_secret,
+            environment=environment,
+            scopes=scopes,
+            refresh_margin=refresh_margin,
+            timeout=timeout,
+            http_client=http_client,
+            retry=retry,
+            extra_origins=extra_origins,
+            assumed_expires_in=assumed_expires_in,
+            advisory_ratio=advisory_ratio,
+            clock=clock,
+            store=store,
         )
-    return value
+        self._share(settings, settings.provider())
+
+    def _shared(self) -> tuple[Settings, TokenProvider]:
+        """What another plug needs to serve the same tokens (see :meth:`_share`)."""
+        return self._settings, self._provider
+
+    def _share(self, settings: Settings, provider: TokenProvider) -> None:
+        """Serve tokens from *provider*, made from *settings* (maybe by another plug)."""
+        self._settings = settings
+        self._provider = provider
+        self._origins: frozenset[Origin] = settings.origins
+        self._api_version = settings.environment.api_version
+        self.client_id = settings.client_id
+        self.environment = settings.environment
+
+    @classmethod
+    def from_env(cls: type[_Auth], **overrides: Any) -> _Auth:
+        """Build one from ``PAYME_*`` environment variables.
+
+        Reads ``PAYME_CLIENT_ID`` and ``PAYME_CLIENT_SECRET`` (required),
+        ``PAYME_ENVIRONMENT`` (``preprod``, the default, or ``production``) or, for a custom
+        environment, ``PAYME_TOKEN_URL`` and ``PAYME_AUDIENCE`` together,
+        ``PAYME_API_VERSION`` and ``PAYME_SCOPES`` (separated by spaces or commas). Keyword
+        arguments override what the variables say, and pass any other setting::
+
+            auth = PaymeAuth.from_env(timeout=5.0)
+
+        Raises:
+            ConfigurationError: a variable is missing or invalid.
+        """
+        settings = {**env_settings(skip=overrides), **overrides}
+        for key, variable in (
+            ("client_id", "PAYME_CLIENT_ID"),
+            ("client_secret", "PAYME_CLIENT_SECRET"),
+        ):
+            if key not in settings:
+                raise ConfigurationError(f"{variable} is not set")
+        return cls(**settings)
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes requested, in order."""
+        return self._settings.scopes
+
+    async def get_token(self) -> AccessToken:
+        """Return a valid access token: the cached one, or a new one when it is due.
+
+        However many tasks call this at once, at most one token request per event loop is
+        in flight; all of them get its token, or its error. While the cached token has
+        not expired, a failed fetch is logged and that token returned instead.
+
+        Raises:
+            TokenError: no token could be obtained and none valid was cached (see its
+                subclasses).
+            AuthClosedError: :meth:`aclose` was called.
+        """
+        token = self._provider.cached()
+        if token is not None:
+            return token
+        return await self._provider.get_token()
+
+    async def refresh(self) -> AccessToken:
+        """Fetch a new token now, even if the cached one is still good.
+
+        Concurrent calls share one fetch (and join one already in flight).
+        """
+        return await self._provider.refresh()
+
+    def invalidate(self, token: AccessToken | None = None) -> bool:
+        """Drop the cached token, so that the next call fetches a new one.
+
+        With *token*, drop it only if it is still the cached one: a caller that saw that
+        token rejected cannot throw away a newer one. Returns whether a token was dropped.
+        """
+        return self._provider.invalidate(token)
+
+    async def headers(self) -> dict[str, str]:
+        """The headers a Pay-me API request needs: ``Authorization`` and ``ALG-API-VERSION``.
+
+        For clients other than httpx::
+
+            token = await auth.get_token()
+            headers = {"Authorization": token.authorization, "ALG-API-VERSION": API_VERSION}
+
+        is the same, and lets you report a 401 with ``auth.invalidate(token)``.
+        """
+        token = await self.get_token()
+        return {"Authorization": token.authorization, "ALG-API-VERSION": self._api_version}
+
+    def stats(self) -> AuthStats:
+        """A snapshot of the token's state and of what this PaymeAuth has done.
+
+        Holds no secret; meant for a health endpoint::
+
+            @app.get("/health/payme")
+            async def payme_health() -> dict[str, object]:
+                return attrs.asdict(auth.stats())
+        """
+        return self._provider.stats()
+
+    def _flow_parts(self) -> tuple[TokenProvider, frozenset[Origin], str]:
+        """What a plug over this PaymeAuth needs to run the shared flow."""
+        return self._provider, self._origins, self._api_version
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Forget the token, stop every fetch in flight, and refuse further fetches.
+
+        Works from any thread, with or without an event loop; :meth:`aclose` is the same
+        for async code. Every caller waiting for a token gets :class:`AuthClosedError`. A
+        borrowed ``http_client`` is left open. Closing twice is harmless.
+        """
+        self._provider.close()
+
+    async def aclose(self) -> None:
+        """Forget the token, stop every fetch in flight, and refuse further fetches.
+
+        A fetch of this event loop is cancelled before this returns, so no token request
+        leaves after it; one of another event loop as soon as that loop runs. A borrowed
+        ``http_client`` is left open. Closing twice is harmless.
+        """
+        self._provider.close()
+
+    async def __aenter__(self: _Auth) -> _Auth:
+        self._provider.enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._provider.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"PaymeAuth(client_id={self.client_id!r}, environment={self.environment.name!r}, "
+            f"scopes={' '.join(self.scopes)!r})"
+        )
 
 
-def _timeouts(timeout: float | httpx.Timeout) -> tuple[httpx.Timeout, float]:
-    """Return httpx's per-operation timeouts and a bound on one whole attempt."""
-    if isinstance(timeout, httpx.Timeout):
-        parts = (timeout.connect, timeout.read, timeout.write, timeout.pool)
-        if any(part is None for part in parts):
-            raise ConfigurationError(
-                "timeout must bound every phase (connect, read, write, pool): "
-                "a token request that can hang forever would hang every caller"
-            )
-        return timeout, float(sum(part for part in parts if part is not None))
-    seconds = check_seconds("timeout", timeout)
-    if seconds <= 0:
-        raise ConfigurationError(f"timeout must be > 0, not {timeout!r}")
-    return httpx.Timeout(seconds), seconds
-
-
-class PaymeAuth(httpx.Auth):
+class PaymeAuth(PaymeAuthBase, httpx.Auth):
     """Access tokens for the Pay-me API: fetched once, cached, renewed, shared.
 
     Use it as the ``auth`` of an :class:`httpx.AsyncClient`; every request to the API gets
@@ -128,188 +272,6 @@ class PaymeAuth(httpx.Auth):
         ConfigurationError: a setting is invalid.
     """
 
-    def __init__(
-        self,
-        client_id: str,
-        client_secret: str,
-        *,
-        environment: Environment = Environment.PREPROD,
-        scopes: Iterable[str | Scope] | str | None = None,
-        refresh_margin: float = 60.0,
-        timeout: float | httpx.Timeout = 10.0,
-        http_client: httpx.AsyncClient | None = None,
-        retry: RetryPolicy | None = None,
-        extra_origins: Iterable[str] = (),
-        assumed_expires_in: int | None = 300,
-        advisory_ratio: float | None = 2 / 3,
-        clock: Callable[[], float] | None = None,
-        store: TokenStore | None = None,
-    ) -> None:
-        self.client_id = _check_credential("client_id", client_id, secret=False)
-        secret = _check_credential("client_secret", client_secret, secret=True)
-        if not isinstance(environment, Environment):
-            raise ConfigurationError(
-                f"environment must be an Environment, not {type(environment).__name__}"
-            )
-        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
-            raise ConfigurationError(
-                f"http_client must be an httpx.AsyncClient, not {type(http_client).__name__}"
-            )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
-        assumed: object = assumed_expires_in
-        if assumed is not None and (
-            isinstance(assumed, bool)
-            or not isinstance(assumed, int)
-            or not 1 <= assumed <= MAX_EXPIRES_IN
-        ):
-            raise ConfigurationError(
-                f"assumed_expires_in must be a positive whole number of seconds or None, "
-                f"not {assumed_expires_in!r}"
-            )
-        if isinstance(extra_origins, str):
-            extra_origins = [extra_origins]
-        elif not isinstance(extra_origins, Iterable):
-            raise ConfigurationError(
-                f"extra_origins must be a list of origins, not {type(extra_origins).__name__}"
-            )
-        if clock is not None and not callable(clock):
-            raise ConfigurationError(f"clock must be a callable, not {type(clock).__name__}")
-        if store is not None and not isinstance(store, TokenStore):
-            raise ConfigurationError(
-                f"store must be a TokenStore (get, publish, acquire, release, discard), "
-                f"not {type(store).__name__}"
-            )
-        http_timeout, attempt_timeout = _timeouts(timeout)
-        self.environment = environment
-        self._origins: frozenset[Origin] = frozenset(
-            {environment.api_origin, *map(parse_origin, extra_origins)}
-        )
-        self._api_version = environment.api_version
-        ratio: object = advisory_ratio
-        if ratio is not None and (
-            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1
-        ):
-            raise ConfigurationError(
-                f"advisory_ratio must be a number in (0, 1] or None, not {advisory_ratio!r}"
-            )
-        wall_clock = clock or time.time
-        clock = clock or time.monotonic
-        fetcher = TokenFetcher(
-            environment=environment,
-            client_id=self.client_id,
-            client_secret=secret,
-            scopes=normalize_scopes(scopes),
-            timeout=http_timeout,
-            attempt_timeout=attempt_timeout,
-            http_client=http_client,
-            assumed_expires_in=assumed_expires_in,
-            clock=clock,
-        )
-        self._provider = TokenProvider(
-            fetcher,
-            refresh_margin=check_seconds("refresh_margin", refresh_margin),
-            advisory_ratio=advisory_ratio,
-            retry=retry or RetryPolicy(),
-            clock=clock,
-            store=store,
-            store_key=store_key(
-                token_url=environment.token_url,
-                audience=environment.audience,
-                client_id=self.client_id,
-                scopes=fetcher.scopes,
-            ),
-            attempt_timeout=attempt_timeout,
-            wall_clock=wall_clock,
-        )
-        self._scopes = fetcher.scopes
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> PaymeAuth:
-        """Build a PaymeAuth from ``PAYME_*`` environment variables.
-
-        Reads ``PAYME_CLIENT_ID`` and ``PAYME_CLIENT_SECRET`` (required),
-        ``PAYME_ENVIRONMENT`` (``preprod``, the default, or ``production``) or, for a custom
-        environment, ``PAYME_TOKEN_URL`` and ``PAYME_AUDIENCE`` together,
-        ``PAYME_API_VERSION`` and ``PAYME_SCOPES`` (separated by spaces or commas). Keyword
-        arguments override what the variables say, and pass any other setting::
-
-            auth = PaymeAuth.from_env(timeout=5.0)
-
-        Raises:
-            ConfigurationError: a variable is missing or invalid.
-        """
-        settings = {**env_settings(skip=overrides), **overrides}
-        for key, variable in (
-            ("client_id", "PAYME_CLIENT_ID"),
-            ("client_secret", "PAYME_CLIENT_SECRET"),
-        ):
-            if key not in settings:
-                raise ConfigurationError(f"{variable} is not set")
-        return cls(**settings)
-
-    # -- tokens ----------------------------------------------------------------------------
-
-    @property
-    def scopes(self) -> tuple[str, ...]:
-        """The scopes requested, in order."""
-        return self._scopes
-
-    async def get_token(self) -> AccessToken:
-        """Return a valid access token: the cached one, or a new one when it is due.
-
-        However many tasks call this at once, at most one token request is in flight; all
-        of them get its token, or its error. While the cached token has not expired, a
-        failed fetch is logged and that token returned instead.
-
-        Raises:
-            TokenError: no token could be obtained and none valid was cached (see its
-                subclasses).
-            AuthClosedError: :meth:`aclose` was called.
-        """
-        token = self._provider.current()
-        if token is not None:
-            return token
-        return await self._provider.get_token()
-
-    async def refresh(self) -> AccessToken:
-        """Fetch a new token now, even if the cached one is still good.
-
-        Concurrent calls share one fetch (and join one already in flight).
-        """
-        return await self._provider.refresh()
-
-    def invalidate(self, token: AccessToken | None = None) -> bool:
-        """Drop the cached token, so that the next call fetches a new one.
-
-        With *token*, drop it only if it is still the cached one: a caller that saw that
-        token rejected cannot throw away a newer one. Returns whether a token was dropped.
-        """
-        return self._provider.invalidate(token)
-
-    async def headers(self) -> dict[str, str]:
-        """The headers a Pay-me API request needs: ``Authorization`` and ``ALG-API-VERSION``.
-
-        For clients other than httpx (aiohttp, for one)::
-
-            async with session.post(url, json=charge, headers=await auth.headers()) as r: ...
-        """
-        token = await self.get_token()
-        return {"Authorization": token.authorization, "ALG-API-VERSION": self._api_version}
-
-    def stats(self) -> AuthStats:
-        """A snapshot of the token's state and of what this PaymeAuth has done.
-
-        Holds no secret; meant for a health endpoint::
-
-            @app.get("/health/payme")
-            async def payme_health() -> dict[str, object]:
-                return attrs.asdict(auth.stats())
-        """
-        return self._provider.stats()
-
-    # -- the httpx plug --------------------------------------------------------------------
-
     def applies_to(self, url: httpx.URL) -> bool:
         """Tell whether a request to *url* gets the token (its origin is the API's)."""
         return origin_of(url) in self._origins
@@ -323,41 +285,10 @@ class PaymeAuth(httpx.Auth):
             request, self._provider, self._origins, self._api_version, httpx.ByteStream
         )
 
-    def _flow_parts(self) -> tuple[TokenProvider, frozenset[Origin], str]:
-        """What another plug over this PaymeAuth needs to run the same flow (httpx2's)."""
-        return self._provider, self._origins, self._api_version
-
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         """Refuse synchronous clients: tokens are fetched asynchronously."""
         raise ConfigurationError(
             "PaymeAuth works with httpx.AsyncClient, not the synchronous httpx.Client"
-        )
-
-    # -- life cycle ------------------------------------------------------------------------
-
-    async def aclose(self) -> None:
-        """Forget the token, stop any fetch in flight, and refuse further fetches.
-
-        A borrowed ``http_client`` is left open. Closing twice is harmless.
-        """
-        await self._provider.aclose()
-
-    async def __aenter__(self) -> PaymeAuth:
-        await self._provider.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._provider.stop()
-
-    def __repr__(self) -> str:
-        return (
-            f"PaymeAuth(client_id={self.client_id!r}, environment={self.environment.name!r}, "
-            f"scopes={' '.join(self.scopes)!r})"
         )

@@ -59,8 +59,10 @@ class TokenFetcher:
         http_client: httpx.AsyncClient | None,
         assumed_expires_in: int | None,
         clock: Callable[[], float],
+        retry: RetryPolicy,
     ) -> None:
         self.environment = environment
+        self.retry = retry
         self.scopes = scopes
         self._secrets = (client_secret,)
         self._request = build_token_request(environment, client_id, client_secret, scopes)
@@ -74,12 +76,12 @@ class TokenFetcher:
         self.requests = 0
         """Token requests sent, retries included."""
 
-    def draw(self) -> float:
-        """A random number in [0, 1), for jitter."""
-        return self._random.random()
+    async def fetch(self, current: AccessToken | None = None) -> AccessToken:
+        """Return a new token, or raise the TokenError that ended the attempts.
 
-    async def fetch(self, retry: RetryPolicy) -> AccessToken:
-        """Return a new token, or raise the TokenError that ended the attempts."""
+        *current* is not needed here: every fetch asks the endpoint.
+        """
+        retry = self.retry
         async with self._client() as client:
             attempt = 0
             while True:
@@ -103,7 +105,9 @@ class TokenFetcher:
                     return outcome
                 if not outcome.retryable:
                     raise outcome.error
-                delay = retry.delay(attempt, retry_after=outcome.retry_after, draw=self.draw())
+                delay = retry.delay(
+                    attempt, retry_after=outcome.retry_after, draw=self._random.random()
+                )
                 if delay is None:
                     raise _unavailable(outcome, attempt)
                 logger.warning(
@@ -114,6 +118,9 @@ class TokenFetcher:
                     delay,
                 )
                 await anyio.sleep(delay)
+
+    def refused(self, token: AccessToken) -> None:
+        """Nothing to do: the endpoint is asked anew at every fetch."""
 
     async def _attempt(self, client: httpx.AsyncClient) -> AccessToken | Failure:
         request = self._request

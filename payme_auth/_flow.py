@@ -104,7 +104,7 @@ async def auth_flow(
     if origin(request.url) not in origins:
         yield request
         return
-    token = provider.current()
+    token = provider.cached()
     if token is None:
         token = await provider.get_token()
     headers = request.headers

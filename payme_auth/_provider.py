@@ -1,359 +1,408 @@
-"""The token provider: the cache, its windows, and one flight at a time.
+"""The token provider: one cached token, renewed in time, fetched one flight at a time.
 
 Rules:
-- A fresh cached token is returned with no lock and no await checkpoint; so is a token in
-  its advisory window, where the caller that notices starts one background renewal and
-  goes on without waiting for it. Only inside the refresh margin, or with no token, do
-  callers wait.
-- At most one token fetch is in flight per provider (a *flight*). Every caller that waits
-  while it is in the air gets its outcome, the token *or the error*: a failing endpoint is
-  hit once per flight, not once per waiter.
-- While the cached token has not expired, a failed fetch is nobody's error, inside the
-  refresh margin too: the valid token stays in use (callers that waited get it), the
-  failure is logged (at ERROR when the server refused, else WARNING), and renewal goes on
-  in the background after a pause (a twentieth of the lifetime, jittered, kept between
-  0.05 and 5 s, never sooner than ``Retry-After``) until a new token comes or the old one
-  expires. Only then, or with no token at all, or for ``refresh()``, does an error reach
-  callers. A renewal that brings back a token expiring no later than the cached one (the
-  same token again, from a server that caches them) is handled the same way.
-- Cancelling a caller never cancels a flight for the others. Background renewals, and
-  inside ``async with`` every flight, run in tasks of the provider's own: in its task
-  group when it has one, else as a detached task of the event loop. Without ``async with``
-  a caller that must wait leads the flight itself; if it is cancelled the flight is
-  abandoned, every waiter wakes, and one of them leads a new one.
-- Nothing failed or abandoned is cached: with no valid token, the next caller after a
-  failure starts a fetch afresh.
-- With a token store, a flight (background renewals included) goes through it: it takes a
-  newer token another process published, or else fetches under the store's lease and
-  publishes (see ``_store``). Tokens the API refused are remembered by fingerprint, so that
-  the flight drops them from the store too if they are still there, and never takes them
-  back. The cached-token path never touches the store.
+- One cached token serves the whole provider: every event loop and thread that uses it.
+  It is kept together with its windows (see ``_policy``) as one value, replaced whole.
+- Before its renewal point the token is returned with no lock and no await checkpoint.
+  From there on callers still get it at once, and the first to notice starts one
+  background renewal. Callers wait only with no token, an expired one, or one inside its
+  safety margin, and not even then once a renewal of it has failed: a valid token is then
+  served until it expires, while renewal goes on in the background after a pause.
+- Every fetch runs in a task of the provider's own, a *flight*, started in the event loop
+  of the caller that needs it (an asyncio task, a trio system task), never in a caller's
+  task: cancelling a caller never cancels a flight that others wait on.
+- A flight belongs to its event loop. Each loop has its own ``anyio.Lock`` and at most one
+  flight in the air; its callers wait for that flight only, never for another loop's, which
+  may be blocked, closed, or, after ``fork()``, in another process. A caller that must wait
+  starts its loop's flight if none is in the air, then queues on the lock; the holder
+  watches the flight land and the others follow one at a time. A generation count says
+  whether a flight landed since a caller arrived: if so, the caller takes that flight's
+  outcome, the token *or the error*, and starts none. A failing endpoint is hit once per
+  flight, not once per caller.
+- A background renewal starts only if no flight started within the longest a fetch can
+  take, so that all event loops together run one at a time (one stuck in a dead loop holds
+  the next back that long at most).
+- A flight that fails while the cached token has not expired is nobody's error: its
+  callers get that token, the failure is logged (at ERROR when the server refused, else
+  WARNING), and the next renewal waits a pause (``_policy.renewal_pause``). A flight that
+  brings back no newer token is treated the same. Nothing failed or cancelled is cached.
+- ``close()`` cancels every flight of every event loop at once, through each loop's
+  thread-safe call; their callers get :class:`~payme_auth.AuthClosedError`. In a child
+  process after ``fork()``, every flight of the parent is forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-import time
+import os
+import random
+import sys
+import threading
+import weakref
 from collections.abc import Callable, Coroutine
-from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
+from typing import Protocol
 
 import anyio
-import anyio.abc
-import attrs
 
-from ._broadcast import Broadcast
-from ._errors import AuthClosedError, PaymeAuthError, TokenEndpointUnavailableError, TokenError
-from ._fetcher import TokenFetcher
+from ._errors import AuthClosedError, TokenEndpointUnavailableError, TokenError
 from ._log import logger
-from ._policy import RetryPolicy, Windows, renewal_pause
+from ._policy import Windows, renewal_pause
 from ._stats import AuthStats, TokenState
-from ._store import SharedFetcher, TokenStore
 from ._token import AccessToken
 
-__all__ = ["TokenProvider"]
+__all__ = ["TokenProvider", "TokenSource"]
 
-_NEVER = Windows(advisory_at=-math.inf, mandatory_at=-math.inf, expires_at=-math.inf)
-_REJECTED_KEPT = 8
+
+class TokenSource(Protocol):
+    """Where the provider's flights get tokens: the token endpoint, or a fleet's store."""
+
+    @property
+    def requests(self) -> int:
+        """Token requests sent so far, retries included."""
+
+    async def fetch(self, current: AccessToken | None) -> AccessToken:
+        """A new token (newer than *current*, the cached one, where the source can tell)."""
+
+    def refused(self, token: AccessToken) -> None:
+        """Note that the API refused *token*: it must not come back from this source."""
 
 
 class _Flight:
-    """One token fetch in the air, and the outcome everyone waiting on it shares."""
+    """One fetch in the air, in one event loop."""
 
-    __slots__ = ("abandoned", "background", "done", "error", "token", "traceback")
+    __slots__ = ("landed", "scope", "task")
 
-    def __init__(self, *, background: bool) -> None:
-        self.background = background
-        self.done = Broadcast()
-        self.token: AccessToken | None = None
-        self.error: Exception | None = None
-        self.traceback: TracebackType | None = None
-        self.abandoned = False
+    def __init__(self) -> None:
+        self.landed = anyio.Event()
+        self.scope = anyio.CancelScope()
+        self.task: asyncio.Task[None] | None = None  # held, so that asyncio keeps it
 
-    def fail(self, error: Exception) -> None:
-        self.error, self.traceback = error, error.__traceback__
 
-    def outcome(self) -> AccessToken:
-        if self.error is not None:
-            # Every waiter raises the one error; restore its traceback each time so that
-            # it does not grow by one waiter's frames after another.
-            raise self.error.with_traceback(self.traceback)
-        if self.token is None:  # pragma: no cover - outcome() is only called once done
-            raise RuntimeError("the flight has not landed")
-        return self.token
+class _Loop:
+    """One event loop's share of the provider: its lock, its flight, the last outcome."""
+
+    __slots__ = ("flight", "generation", "key", "lock", "outcome")
+
+    def __init__(self, key: object) -> None:
+        self.key = weakref.ref(key)  # the asyncio loop, or the trio run's token
+        self.lock = anyio.Lock()
+        self.flight: _Flight | None = None
+        self.generation = 0  # flights landed in this loop so far
+        self.outcome: tuple[AccessToken | Exception, TracebackType | None] | None = None
+
+    def land(self, flight: _Flight, outcome: AccessToken | Exception) -> None:
+        traceback = None if isinstance(outcome, AccessToken) else outcome.__traceback__
+        self.outcome = (outcome, traceback)
+        self.generation += 1
+        if self.flight is flight:
+            self.flight = None
+        flight.landed.set()
+
+    def cancel_flight(self, *, here: bool) -> None:
+        """Cancel the flight in the air, from this loop (*here*) or from any thread."""
+        flight, key = self.flight, self.key()
+        if flight is None or key is None:
+            return
+        if here:
+            flight.scope.cancel()
+            return
+        call_soon = (
+            key.call_soon_threadsafe
+            if isinstance(key, asyncio.AbstractEventLoop)
+            else key.run_sync_soon  # type: ignore[attr-defined]
+        )
+        # A closed loop (a finished trio run) raises RuntimeError: nothing runs there anyway.
+        with contextlib.suppress(RuntimeError):
+            call_soon(flight.scope.cancel)
+
+    def dead(self) -> bool:
+        key = self.key()
+        return key is None or (isinstance(key, asyncio.AbstractEventLoop) and key.is_closed())
+
+
+def _current_loop() -> object | None:
+    """The running event loop (asyncio's loop, or the trio run's token), or ``None``."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")  # not imported: not running either
+    if trio is not None:
+        try:
+            token: object = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            return token
+    return None
+
+
+def _spawn(flight: _Flight, fly: Callable[[], Coroutine[object, object, None]]) -> None:
+    """Start *fly* as a task of the running event loop that no caller awaits."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        trio.lowlevel.spawn_system_task(fly, name="payme_auth token fetch")
+    else:
+        flight.task = loop.create_task(fly(), name="payme_auth token fetch")
 
 
 class TokenProvider:
-    """Caches one access token and fetches new ones, one flight at a time.
+    """Caches one access token and fetches new ones, one flight per event loop at a time.
 
     :class:`~payme_auth.PaymeAuth` wraps this; use that.
     """
 
     def __init__(
         self,
-        fetcher: TokenFetcher,
+        source: TokenSource,
         *,
         refresh_margin: float,
         advisory_ratio: float | None,
-        retry: RetryPolicy,
+        longest_fetch: float,
         clock: Callable[[], float],
-        store: TokenStore | None = None,
-        store_key: str = "",
-        attempt_timeout: float = 0.0,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._fetcher = fetcher
-        self._shared = (
-            None
-            if store is None
-            else SharedFetcher(
-                fetcher,
-                store,
-                store_key,
-                attempt_timeout=attempt_timeout,
-                clock=clock,
-                wall_clock=wall_clock,
-                fresh=self._before_margin,
-            )
-        )
-        self._rejected: dict[str, None] = {}  # fingerprints of refused tokens, oldest first
+        self._source = source
         self.refresh_margin = refresh_margin
         self._advisory_ratio = advisory_ratio
-        self._retry = retry
-        self._background_retry = attrs.evolve(retry, attempts=1)
+        self._longest_fetch = longest_fetch
         self._clock = clock
-        self._token: AccessToken | None = None
-        self._windows = _NEVER
+        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._entry: tuple[AccessToken, Windows] | None = None
         self._renew_after = -math.inf  # no background renewal before this
-        self._held = False  # a renewal failed or was fruitless: serve the token until expiry
-        self._flight: _Flight | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._exit_stack: AsyncExitStack | None = None
-        self._background: set[anyio.CancelScope] = set()
-        self._detached: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._guard = threading.Lock()  # for what several threads change together
+        self._loops: weakref.WeakKeyDictionary[object, _Loop] = weakref.WeakKeyDictionary()
+        self._closed = self._entered = False
         self._tokens_obtained = self._renewals = self._background_renewals = 0
         self._failed_fetches = self._failed_renewals = self._replays = 0
         self._last_error: tuple[str, float] | None = None
         self._last_fetch_failed = False
+        _PROVIDERS.add(self)
 
     # -- the cache -------------------------------------------------------------------------
 
-    def current(self) -> AccessToken | None:
-        """The cached token if it is before its advisory window, else ``None``. No I/O."""
-        token = self._token
-        if token is not None and self._clock() < self._windows.advisory_at:
-            return token
-        return None
-
-    @property
     def cached(self) -> AccessToken | None:
-        """The cached token, fresh or not (``None`` when there is none)."""
-        return self._token
+        """The token a caller may use now without waiting, or ``None``: then it must await
+        :meth:`get_token`. Past the renewal point, starts a background renewal if due.
+
+        The one way to read the cache: it never waits and never suspends.
+        """
+        entry = self._entry
+        if entry is None:
+            return None
+        token, windows = entry
+        now = self._clock()
+        if now < windows.renew_at:
+            return token
+        if now >= windows.wait_at:
+            return None
+        if now >= self._renew_after and not self._closed:
+            self._renew_in_background()
+        return token
+
+    def _valid(self) -> AccessToken | None:
+        """The cached token if it has not expired, whatever its windows say."""
+        entry = self._entry
+        if entry is not None and self._clock() < entry[1].expires_at:
+            return entry[0]
+        return None
 
     def invalidate(self, token: AccessToken | None = None) -> bool:
         """Drop the cached token; with *token*, only if that is still the cached one.
 
-        Returns whether something was dropped.
+        The refused token is also reported to the token source. Returns whether something
+        was dropped.
         """
-        current = self._token
-        if self._shared is not None and (refused := token or current) is not None:
-            self._rejected[refused.fingerprint] = None
-            while len(self._rejected) > _REJECTED_KEPT:
-                del self._rejected[next(iter(self._rejected))]
-        if current is None or (token is not None and token.value != current.value):
-            return False
-        self._token, self._windows = None, _NEVER
-        self._renew_after, self._held = -math.inf, False
-        logger.debug("dropped token %s", current.fingerprint)
-        return True
+        with self._guard:
+            entry = self._entry
+            refused = token or (entry[0] if entry else None)
+            dropped = entry is not None and (token is None or token.value == entry[0].value)
+            if dropped:
+                self._entry, self._renew_after = None, -math.inf
+        if refused is not None:
+            self._source.refused(refused)
+        if dropped and refused is not None:
+            logger.debug("dropped token %s", refused.fingerprint)
+        return dropped
 
     def note_replay(self) -> None:
         """Count an API request replayed after a 401."""
-        self._replays += 1
-
-    def _usable(self, now: float) -> AccessToken | None:
-        """The token callers may have without waiting at *now*; may start a renewal."""
-        token, windows = self._token, self._windows
-        if token is None:
-            return None
-        if now < windows.advisory_at:
-            return token
-        if now < windows.mandatory_at or (self._held and now < windows.expires_at):
-            self._renew_in_background(now)
-            return token
-        return None
-
-    def _valid(self) -> AccessToken | None:
-        """The cached token if it has not expired, whatever its windows say."""
-        token = self._token
-        if token is not None and self._clock() < token.expires_at:
-            return token
-        return None
-
-    def _before_margin(self, token: AccessToken) -> bool:
-        """Whether *token* (from the store) is before its refresh margin, on our windows."""
-        windows = Windows.of(
-            token, refresh_margin=self.refresh_margin, advisory_ratio=self._advisory_ratio
-        )
-        return self._clock() < windows.mandatory_at
-
-    def _install(self, token: AccessToken) -> None:
-        self._token = token
-        self._windows = Windows.of(
-            token, refresh_margin=self.refresh_margin, advisory_ratio=self._advisory_ratio
-        )
-        self._renew_after, self._held = -math.inf, False
+        with self._guard:
+            self._replays += 1
 
     # -- getting a token -------------------------------------------------------------------
 
     async def get_token(self) -> AccessToken:
-        """Return a usable token, from the cache or from a (shared) fetch."""
-        return await self._shared_fetch(accept_cached=True)
+        """Return a usable token: the cached one, or the outcome of this loop's flight."""
+        token = self.cached()
+        if token is not None:
+            return token
+        return await self._wait(forced=False)
 
     async def refresh(self) -> AccessToken:
-        """Fetch a new token even if the cached one is fresh; joins a fetch already flying."""
-        return await self._shared_fetch(accept_cached=False)
+        """Fetch a new token even if the cached one is fresh; joins a flight in the air."""
+        return await self._wait(forced=True)
 
-    async def _shared_fetch(self, *, accept_cached: bool) -> AccessToken:
-        while True:
-            if self._closed:
-                raise AuthClosedError("this PaymeAuth is closed")
-            if accept_cached and (token := self._usable(self._clock())) is not None:
-                return token
-            flight = self._flight
-            if flight is None:
-                flight = self._flight = _Flight(background=False)
-                self._log_start(forced=not accept_cached)
-                if self._task_group is not None:
-                    self._launch(flight)
-                else:
-                    # No task group to run it in: this caller leads the flight itself.
-                    await self._fly(flight)
-                    return self._settle(flight, accept_cached=accept_cached)
-            await flight.done.wait()
-            if not flight.abandoned and not (flight.background and flight.error):
-                return self._settle(flight, accept_cached=accept_cached)
-            # The leader was cancelled, or a background renewal failed: go round, and
-            # lead or join a fetch whose outcome is ours to share.
+    async def _wait(self, *, forced: bool) -> AccessToken:
+        if self._closed:
+            raise AuthClosedError("this PaymeAuth is closed")
+        loop = self._loop()
+        arrived = loop.generation
+        flight = loop.flight or self._launch(loop, forced=forced)
+        async with loop.lock:
+            if loop.generation == arrived:  # nothing landed since we came: watch it land
+                await flight.landed.wait()
+            outcome = loop.outcome
+        if outcome is None:  # pragma: no cover - a landing always sets an outcome
+            raise RuntimeError("a flight landed without an outcome")
+        result, traceback = outcome
+        if isinstance(result, AccessToken):
+            return result
+        if not forced and not self.closed and (token := self._valid()) is not None:
+            return token  # the flight failed, but the cached token is still good
+        # Every caller raises the one error; its traceback is restored each time, so that
+        # it does not grow by one caller's frames after another.
+        raise result.with_traceback(traceback)
 
-    def _settle(self, flight: _Flight, *, accept_cached: bool) -> AccessToken:
-        """The flight's token; after a failure, a caller that did not force a refresh gets
-        the cached token instead, for as long as it has not expired."""
-        if flight.error is not None and accept_cached and (token := self._valid()) is not None:
-            return token
-        return flight.outcome()
+    def _loop(self) -> _Loop:
+        """This event loop's share of the provider (made on its first need)."""
+        key = _current_loop()
+        if key is None:
+            raise RuntimeError("a token can be awaited only in an asyncio or trio event loop")
+        with self._guard:
+            loop = self._loops.get(key)
+            if loop is None:
+                for other in [other for other in self._loops.values() if other.dead()]:
+                    del self._loops[other.key()]
+                loop = self._loops[key] = _Loop(key)
+        return loop
 
-    def _renew_in_background(self, now: float) -> None:
-        if self._flight is not None or now < self._renew_after or self._closed:
-            return
-        flight = self._flight = _Flight(background=True)
-        token = self._token
-        if token is not None:
-            logger.info(
-                "renewing token %s in the background (%.0f s of its life left)",
-                token.fingerprint,
-                token.remaining(now),
-            )
-        self._launch(flight)
-
-    def _log_start(self, *, forced: bool) -> None:
-        stale = self._token
+    def _launch(self, loop: _Loop, *, forced: bool = False, background: bool = False) -> _Flight:
+        """Start this loop's flight."""
+        flight = loop.flight = _Flight()
+        now = self._clock()
+        self._renew_after = max(self._renew_after, now + self._longest_fetch)
+        entry = self._entry
         if forced:
             logger.info("refreshing the token on request")
-        elif stale is not None:
+        elif entry is not None:
             logger.info(
-                "renewing token %s (%.0f s of its life left)",
-                stale.fingerprint,
-                stale.remaining(self._clock()),
+                "renewing token %s%s (%.0f s of its life left)",
+                entry[0].fingerprint,
+                " in the background" if background else "",
+                entry[0].remaining(now),
             )
+        _spawn(flight, partial(self._fly, loop, flight, background=background))
+        return flight
 
-    async def _fly(self, flight: _Flight) -> None:
-        retry = self._background_retry if flight.background else self._retry
+    def _renew_in_background(self) -> None:
+        loop = self._loop()
+        if loop.flight is None:
+            self._launch(loop, background=True)
+
+    async def _fly(self, loop: _Loop, flight: _Flight, *, background: bool) -> None:
+        outcome: AccessToken | Exception | None = None
         try:
-            if self._shared is None:
-                token = await self._fetcher.fetch(retry)
-            else:
-                token = await self._shared.fetch(
-                    retry, current=self._token, rejected=self._rejected.keys()
-                )
-        except Exception as error:  # noqa: BLE001 - shared with every waiter, raised by each of them
-            if self._closed and not isinstance(error, PaymeAuthError):
-                error = _closed_while_fetching()
-            self._note_failure(error)
-            flight.fail(error)
-        except BaseException:  # cancelled: the waiters go round and one of them leads anew
-            flight.abandoned = True
-            raise
-        else:
-            if self._closed:
-                flight.fail(_closed_while_fetching())
-            else:
-                flight.token = self._accept(token, background=flight.background)
+            with flight.scope:
+                if not self._closed:
+                    outcome = await self._fetch(background=background)
         finally:
-            if self._flight is flight:
-                self._flight = None
-            flight.done.set()
+            # Land even when the event loop cancels every task as it ends: nobody in this
+            # loop may be left waiting.
+            if self._closed:
+                outcome = AuthClosedError("this PaymeAuth was closed while fetching a token")
+            elif outcome is None:
+                outcome = TokenError("the token fetch was cancelled with its event loop")
+            loop.land(flight, outcome)
+
+    async def _fetch(self, *, background: bool) -> AccessToken | Exception:
+        entry = self._entry
+        try:
+            token = await self._source.fetch(entry[0] if entry else None)
+        except Exception as error:  # noqa: BLE001 - the flight's outcome, shared by its callers
+            self._note_failure(error, background=background)
+            return error
+        return self._accept(token, background=background)
 
     def _accept(self, new: AccessToken, *, background: bool) -> AccessToken:
         """Take a fetched token into the cache, unless it expires no later than the cached one."""
-        self._tokens_obtained += 1
-        self._last_fetch_failed = False
-        old = self._token
-        if old is not None and new.expires_at <= old.expires_at:
+        now = self._clock()
+        with self._guard:
+            self._tokens_obtained += 1
+            self._last_fetch_failed = False
+            entry = self._entry
+            if self._closed:
+                return new  # its callers get AuthClosedError; nothing is cached
+            if entry is None or new.expires_at > entry[0].expires_at:
+                self._entry = (new, self._windows(new))
+                self._renew_after = -math.inf
+                if entry is not None:
+                    self._renewals += 1
+                    self._background_renewals += background
+                return new
             # The same token again (a server that caches tokens), or an older one: keep
-            # ours, and do not ask again at once, even inside the margin.
-            pause = self._hold(old, self._clock(), retry_after=None)
-            if background:
-                self._failed_renewals += 1
-            logger.warning(
-                "the token endpoint returned no newer token than %s; keeping it, and "
-                "renewing again in %.2f s",
-                old.fingerprint,
-                pause,
-            )
-            return old
-        if old is not None:
-            self._renewals += 1
-            if background:
-                self._background_renewals += 1
-        self._install(new)
-        return new
+            # ours, and do not ask again at once.
+            self._failed_renewals += background
+            pause = self._hold(entry, now, retry_after=None)
+        logger.warning(
+            "the token endpoint returned no newer token than %s; keeping it, and "
+            "renewing again in %.2f s",
+            entry[0].fingerprint,
+            pause,
+        )
+        return entry[0]
 
-    def _hold(self, token: AccessToken, now: float, *, retry_after: float | None) -> float:
-        """Serve *token* until it expires, renewing only in the background after a pause."""
-        pause = renewal_pause(token.expires_in, retry_after=retry_after, draw=self._fetcher.draw())
-        self._renew_after, self._held = now + pause, True
+    def _windows(self, token: AccessToken) -> Windows:
+        return Windows.of(
+            token, refresh_margin=self.refresh_margin, advisory_ratio=self._advisory_ratio
+        )
+
+    def _hold(
+        self, entry: tuple[AccessToken, Windows], now: float, *, retry_after: float | None
+    ) -> float:
+        """Serve the cached token until it expires, renewing it only after a pause."""
+        token, windows = entry
+        pause = renewal_pause(token.expires_in, retry_after=retry_after, draw=self._random.random())
+        self._entry = (token, windows.held())
+        self._renew_after = now + pause
         return pause
 
-    def _note_failure(self, error: Exception) -> None:
+    def _note_failure(self, error: Exception, *, background: bool) -> None:
         now = self._clock()
         # Log the text, not the exception: a handler that keeps records would keep the
         # error's traceback, and with it the fetch's frames, alive.
         text = str(error)
-        self._last_error = (text, now)
-        self._last_fetch_failed = True
-        token = self._valid()
-        if token is None:
-            self._failed_fetches += 1
+        with self._guard:
+            self._last_error = (text, now)
+            self._last_fetch_failed = True
+            entry = self._entry
+            if entry is None or now >= entry[1].expires_at:
+                self._failed_fetches += 1
+                entry = None
+            else:
+                # A valid token stays in use until it expires; renewal goes on after a pause.
+                self._failed_renewals += 1
+                retry_after = (
+                    error.retry_after if isinstance(error, TokenEndpointUnavailableError) else None
+                )
+                pause = self._hold(entry, now, retry_after=retry_after)
+        if entry is None:
             logger.warning("could not get a token: %s", text)
             return
-        # A valid token stays in use until it expires; renewal goes on in the background.
-        self._failed_renewals += 1
-        retry_after = (
-            error.retry_after if isinstance(error, TokenEndpointUnavailableError) else None
-        )
-        pause = self._hold(token, now, retry_after=retry_after)
         refused = isinstance(error, TokenError) and not isinstance(
             error, TokenEndpointUnavailableError
         )
-        log = logger.error if refused else logger.warning
-        log(
+        (logger.error if refused else logger.warning)(
             "renewal failed: %s; token %s stays in use (%.0f s left), next try in %.2f s",
             text,
-            token.fingerprint,
-            token.remaining(now),
+            entry[0].fingerprint,
+            entry[0].remaining(now),
             pause,
         )
 
@@ -362,29 +411,30 @@ class TokenProvider:
     def stats(self) -> AuthStats:
         """A snapshot of the provider's state and counters."""
         now = self._clock()
-        token, windows = self._token, self._windows
+        entry = self._entry
+        token = entry[0] if entry else None
         state: TokenState
         if self._closed:
             state = "closed"
-        elif token is None:
+        elif entry is None:
             state = "none"
-        elif now >= windows.expires_at:
+        elif now >= entry[1].expires_at:
             state = "expired"
-        elif now >= windows.mandatory_at:
+        elif now >= entry[1].wait_at:
             state = "due"
-        elif now >= windows.advisory_at:
+        elif now >= entry[1].renew_at:
             state = "renewing"
         else:
             state = "fresh"
+        valid = entry is not None and now < entry[1].expires_at
         error = self._last_error
-        valid = token is not None and now < windows.expires_at
         return AuthStats(
             state=state,
             healthy=not self._closed and (valid or not self._last_fetch_failed),
             token_fingerprint=token.fingerprint if token else None,
             token_age=now - token.obtained_at if token else None,
             time_left=token.remaining(now) if token else None,
-            token_requests=self._fetcher.requests,
+            token_requests=self._source.requests,
             tokens_obtained=self._tokens_obtained,
             renewals=self._renewals,
             background_renewals=self._background_renewals,
@@ -397,65 +447,51 @@ class TokenProvider:
 
     # -- life cycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the provider's task group, in which flights then run."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def enter(self) -> None:
+        """Mark the start of ``async with``: once only, and never after :meth:`close`."""
         if self._closed:
             raise AuthClosedError("this PaymeAuth is closed and cannot be entered again")
-        if self._exit_stack is not None:
-            raise RuntimeError("this PaymeAuth is already entered with 'async with'")
-        stack = AsyncExitStack()
-        self._task_group = await stack.enter_async_context(anyio.create_task_group())
-        self._exit_stack = stack
+        if self._entered:
+            raise RuntimeError(
+                "this PaymeAuth is already entered with 'async with': enter it once, "
+                "where it is made, and share that one"
+            )
+        self._entered = True
 
-    async def aclose(self) -> None:
-        """Stop fetching for good, cancel a flight in the air and forget the token.
+    def close(self) -> None:
+        """Stop for good: forget the token and cancel every flight, in every event loop.
 
-        Safe from any task: it cancels only the provider's own background work, never the
-        task group's scope, which also encloses the code inside ``async with``.
+        Works from any thread, with or without a running event loop. A flight of the
+        calling thread's loop is cancelled before this returns; one of another loop as soon
+        as that loop runs.
         """
         self._closed = True
-        self._token, self._windows = None, _NEVER
-        for scope in self._background:
-            scope.cancel()
+        self._entry = None
+        here = _current_loop()
+        with self._guard:
+            loops = list(self._loops.items())
+        for key, loop in loops:
+            loop.cancel_flight(here=key is here)
 
-    async def stop(self) -> None:
-        """Close, then leave the task group opened by :meth:`start` (at ``async with`` exit)."""
-        await self.aclose()
-        stack, self._exit_stack, self._task_group = self._exit_stack, None, None
-        if stack is not None:
-            await stack.aclose()
-
-    def _launch(self, flight: _Flight) -> None:
-        """Run *flight* in a task of the provider's own, where no caller can cancel it."""
-
-        async def fly() -> None:
-            with anyio.CancelScope() as scope:
-                self._background.add(scope)
-                try:
-                    if self._closed:  # closed before this task got to run
-                        scope.cancel()
-                    await self._fly(flight)
-                finally:
-                    self._background.discard(scope)
-
-        if self._task_group is not None:
-            self._task_group.start_soon(fly)
-        else:
-            self._detach(fly)
-
-    def _detach(self, function: Callable[[], Coroutine[object, object, None]]) -> None:
-        """Start *function* as a task nobody awaits: the caller must not wait for it."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            import trio
-
-            trio.lowlevel.spawn_system_task(function)
-            return
-        task = loop.create_task(function())
-        self._detached.add(task)  # a strong reference, so the task is not collected
-        task.add_done_callback(self._detached.discard)
+    def _forget_flights(self) -> None:
+        """In a child process after ``fork()``: the parent's flights are not ours to wait on."""
+        self._guard = threading.Lock()
+        self._loops = weakref.WeakKeyDictionary()
+        self._renew_after = -math.inf
 
 
-def _closed_while_fetching() -> AuthClosedError:
-    return AuthClosedError("this PaymeAuth was closed while fetching a token")
+_PROVIDERS: weakref.WeakSet[TokenProvider] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for provider in list(_PROVIDERS):
+        provider._forget_flights()  # noqa: SLF001 - this module's own class
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
+    os.register_at_fork(after_in_child=_after_fork_in_child)

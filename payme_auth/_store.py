@@ -35,7 +35,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio
@@ -45,7 +45,7 @@ import attrs
 from ._errors import ConfigurationError
 from ._fetcher import TokenFetcher
 from ._log import logger
-from ._policy import RetryPolicy
+from ._policy import RetryPolicy, effective_margin
 from ._token import AccessToken, fingerprint
 
 __all__ = [
@@ -65,6 +65,7 @@ _CALL_LIMIT = 2.0
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.25
 _WARN_EVERY = 60.0
+_REJECTED_KEPT = 8
 
 _T = TypeVar("_T")
 
@@ -242,11 +243,7 @@ def lease_ttl(retry: RetryPolicy, attempt_timeout: float) -> float:
     (without ``Retry-After``, which a holder that takes longer may outlive: the next
     process then fetches, which costs one extra request, not an outage).
     """
-    waits = sum(
-        min(retry.max_backoff, retry.backoff * 2.0 ** (attempt - 1))
-        for attempt in range(1, retry.attempts)
-    )
-    return (retry.attempts * attempt_timeout + waits) * 1.1 + 0.5
+    return retry.longest_fetch(attempt_timeout) * 1.1 + 0.5
 
 
 class _Unavailable(Exception):  # noqa: N818 - private, never raised to users
@@ -261,8 +258,10 @@ def _owner() -> str:
 class SharedFetcher:
     """Gets a token through a :class:`TokenStore`, fetching only when no process has one.
 
-    The provider calls :meth:`fetch` once per flight, so one process makes at most one
-    round of store calls at a time, however many tasks wait.
+    A token source for the provider, wrapping the :class:`TokenFetcher` it fetches with.
+    The provider asks it once per flight, so one process makes at most one round of store
+    calls at a time, however many tasks wait. It keeps the fingerprints of the last tokens
+    the API refused: those are dropped from the store, and never taken from it.
     """
 
     def __init__(
@@ -272,44 +271,47 @@ class SharedFetcher:
         key: str,
         *,
         attempt_timeout: float,
+        refresh_margin: float,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
-        fresh: Callable[[AccessToken], bool],
     ) -> None:
         self._fetcher = fetcher
         self._store = store
         self._key = key
-        self._attempt_timeout = attempt_timeout
+        self._lease_ttl = lease_ttl(fetcher.retry, attempt_timeout)
+        self._refresh_margin = refresh_margin
         self._clock = clock
         self._wall_clock = wall_clock
-        self._fresh = fresh
+        self._rejected: dict[str, None] = {}  # fingerprints of refused tokens, oldest first
         self._warned_at = -math.inf
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
-    async def fetch(
-        self, retry: RetryPolicy, *, current: AccessToken | None, rejected: Collection[str]
-    ) -> AccessToken:
-        """A token newer than *current*: another process's, or one fetched and published.
+    @property
+    def requests(self) -> int:
+        """Token requests this process sent, retries included."""
+        return self._fetcher.requests
 
-        Tokens whose fingerprints are in *rejected* (the API refused them) are never taken,
-        and are dropped from the store if they are still there.
-        """
+    def refused(self, token: AccessToken) -> None:
+        """Remember that the API refused *token* (the last few are kept)."""
+        self._rejected[token.fingerprint] = None
+        while len(self._rejected) > _REJECTED_KEPT:
+            del self._rejected[next(iter(self._rejected))]
+
+    async def fetch(self, current: AccessToken | None) -> AccessToken:
+        """A token newer than *current*: another process's, or one fetched and published."""
         try:
-            return await self._through_store(retry, current, rejected)
+            return await self._through_store(current)
         except _Unavailable as problem:
             self._warn(f"{problem}; fetching a token without it")
-        return await self._fetcher.fetch(retry)
+        return await self._fetcher.fetch()
 
-    async def _through_store(
-        self, retry: RetryPolicy, current: AccessToken | None, rejected: Collection[str]
-    ) -> AccessToken:
-        store, key = self._store, self._key
-        ttl = lease_ttl(retry, self._attempt_timeout)
+    async def _through_store(self, current: AccessToken | None) -> AccessToken:
+        store, key, ttl = self._store, self._key, self._lease_ttl
         owner = _owner()
         give_up = time.monotonic() + 2 * ttl
         pause = _FIRST_POLL
         while True:
-            token = await self._adopt(current, rejected)
+            token = await self._adopt(current)
             if token is not None:
                 return token
             if await self._call("acquire", store.acquire, key, owner, ttl):
@@ -323,10 +325,10 @@ class SharedFetcher:
             pause = min(2 * pause, _MAX_POLL)
         try:
             # A holder may have published and released between our look and our lease.
-            token = await self._adopt(current, rejected)
+            token = await self._adopt(current)
             if token is not None:
                 return token
-            token = await self._fetcher.fetch(retry)
+            token = await self._fetcher.fetch()
             if current is not None and (
                 token.value == current.value or token.expires_at <= current.expires_at
             ):
@@ -346,14 +348,12 @@ class SharedFetcher:
                 except Exception:  # noqa: BLE001 - the lease lapses by itself
                     logger.debug("could not release the fetch lease; it lapses in %.1f s", ttl)
 
-    async def _adopt(
-        self, current: AccessToken | None, rejected: Collection[str]
-    ) -> AccessToken | None:
+    async def _adopt(self, current: AccessToken | None) -> AccessToken | None:
         shared = await self._call("get", self._store.get, self._key)
         if shared is None:
             return None
         mark = shared.fingerprint
-        if mark in rejected:
+        if mark in self._rejected:
             if await self._call("discard", self._store.discard, self._key, mark):
                 logger.info("dropped the rejected token %s from the token store", mark)
             return None
@@ -361,7 +361,10 @@ class SharedFetcher:
             return None
         now = self._clock()
         token = shared.local(wall_now=self._wall_clock(), now=now, clock_skew=CLOCK_SKEW)
-        if token is None or not self._fresh(token):
+        # One inside its refresh margin is due for renewal already: not worth taking.
+        if token is None or token.remaining(now) <= effective_margin(
+            self._refresh_margin, token.expires_in
+        ):
             return None
         if current is not None and token.expires_at <= current.expires_at:
             return None

@@ -429,11 +429,12 @@ async def test_token_is_fetched_once_for_200_concurrent_requests(
     assert set(authorizations(api)) == {tokens.bearer(0)}
 
 
-async def test_a_due_token_is_renewed_before_a_request(
+async def test_a_token_inside_its_margin_is_renewed_behind_the_requests(
     make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, clock: FakeClock, plug: Plug
 ) -> None:
-    """Once a token is within its refresh margin, the next request waits for a new one."""
-    auth = await make_auth(clock=clock, refresh_margin=60)
+    """Inside its refresh margin a token still goes out while its renewal runs in the
+    background; the requests after the renewal carry the new one."""
+    auth = await make_auth(clock=clock, refresh_margin=60, advisory_ratio=None)
     async with plug.client(base_url=API, auth=auth) as client:
         await client.get("/refund")
         clock.advance(8600 - 61)
@@ -441,8 +442,12 @@ async def test_a_due_token_is_renewed_before_a_request(
         assert tokens.calls == 1
         clock.advance(2)
         await client.get("/refund")
+        with anyio.fail_after(5):
+            while auth.stats().renewals < 1:
+                await anyio.sleep(0.001)
+        await client.get("/refund")
     assert tokens.calls == 2
-    assert authorizations(api) == [tokens.bearer(0), tokens.bearer(0), tokens.bearer(1)]
+    assert authorizations(api) == [tokens.bearer(0)] * 3 + [tokens.bearer(1)]
 
 
 # -- which origins get the token ---------------------------------------------------------------

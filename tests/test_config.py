@@ -484,7 +484,7 @@ def test_from_env_reads_every_variable(clean_env: pytest.MonkeyPatch) -> None:
     )
     auth = PaymeAuth.from_env()
     assert auth.client_id == CLIENT_ID
-    assert auth._provider._fetcher._secrets == (CLIENT_SECRET,)
+    assert auth._settings.client_secret == CLIENT_SECRET
     assert auth.environment == attrs.evolve(Environment.PRODUCTION, api_version="1618440906")
     assert auth.scopes == ("create:token", "post:charges")
 
@@ -567,10 +567,10 @@ def test_from_env_overrides_win(clean_env: pytest.MonkeyPatch) -> None:
         timeout=5.0,
     )
     assert auth.client_id == CLIENT_ID
-    assert auth._provider._fetcher._secrets == (CLIENT_SECRET,)
+    assert auth._settings.client_secret == CLIENT_SECRET
     assert auth.environment is Environment.PREPROD
     assert auth.scopes == ("create:token", "post:charges")
-    assert auth._provider._fetcher._timeout == httpx.Timeout(5.0)
+    assert auth._settings.http_timeout == httpx.Timeout(5.0)
 
 
 def test_from_env_overrides_supply_missing_credentials(clean_env: pytest.MonkeyPatch) -> None:
@@ -605,10 +605,10 @@ def test_constructor_defaults() -> None:
     assert auth.client_id == CLIENT_ID
     assert auth.environment is Environment.PREPROD
     assert auth.scopes == ALL_SCOPES
-    assert auth._provider._fetcher._timeout == httpx.Timeout(10.0)
-    assert auth._provider._fetcher._deadline == 10.0
-    assert auth._provider._retry == RetryPolicy()
-    assert auth._provider.refresh_margin == 60.0
+    assert auth._settings.http_timeout == httpx.Timeout(10.0)
+    assert auth._settings.attempt_timeout == 10.0
+    assert auth._settings.retry == RetryPolicy()
+    assert auth._settings.refresh_margin == 60.0
     assert auth.applies_to(httpx.URL("https://api.preprod.alignet.io/charges"))
     assert not auth.applies_to(httpx.URL("https://api.alignet.io/charges"))
 
@@ -653,8 +653,8 @@ def test_timeout_forms(
 ) -> None:
     """A number bounds the whole attempt; an httpx.Timeout bounds each phase (sum = the attempt)."""
     auth = make_auth(timeout=timeout)
-    assert auth._provider._fetcher._timeout == http_timeout
-    assert auth._provider._fetcher._deadline == deadline
+    assert auth._settings.http_timeout == http_timeout
+    assert auth._settings.attempt_timeout == deadline
 
 
 BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
@@ -763,14 +763,14 @@ def test_constructor_refuses_wrong_types(arguments: dict[str, Any], fragment: st
 
 def test_constructor_accepts_valid_edge_values() -> None:
     """Zero refresh margin, the longest assumed lifetime and no assumption at all are accepted."""
-    assert make_auth(refresh_margin=0)._provider.refresh_margin == 0.0
-    assert make_auth(assumed_expires_in=MAX_EXPIRES_IN)._provider._fetcher._assumed_expires_in == (
+    assert make_auth(refresh_margin=0)._settings.refresh_margin == 0.0
+    assert make_auth(assumed_expires_in=MAX_EXPIRES_IN)._settings.assumed_expires_in == (
         MAX_EXPIRES_IN
     )
-    assert make_auth(assumed_expires_in=None)._provider._fetcher._assumed_expires_in is None
-    assert make_auth(assumed_expires_in=1)._provider._fetcher._assumed_expires_in == 1
+    assert make_auth(assumed_expires_in=None)._settings.assumed_expires_in is None
+    assert make_auth(assumed_expires_in=1)._settings.assumed_expires_in == 1
     policy = RetryPolicy(attempts=1)
-    assert make_auth(retry=policy)._provider._retry is policy
+    assert make_auth(retry=policy)._settings.retry is policy
 
 
 def test_sync_client_is_refused_when_sending() -> None:

@@ -32,7 +32,9 @@ def served() -> Iterator[EmulatorServer]:
 
 
 def _fetcher(auth: PaymeAuth) -> TokenFetcher:
-    return auth._provider._fetcher
+    fetcher = auth._provider._source
+    assert isinstance(fetcher, TokenFetcher)
+    return fetcher
 
 
 async def test_the_client_is_built_in_a_worker_thread(

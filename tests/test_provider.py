@@ -227,8 +227,9 @@ async def test_cancelled_waiter_does_not_disturb_the_flight(
     await auth.aclose()
 
 
-async def test_cancelled_leader_hands_the_flight_to_a_waiter(server: TokenServer) -> None:
-    """Without async with, a cancelled leader abandons the flight and a waiter leads anew."""
+async def test_a_cancelled_first_caller_does_not_cancel_the_fetch(server: TokenServer) -> None:
+    """The caller whose need started the fetch is cancelled: the one request still lands,
+    and every other caller gets its token."""
     auth = make_auth()
     results: list[AccessToken] = []
 
@@ -238,25 +239,16 @@ async def test_cancelled_leader_hands_the_flight_to_a_waiter(server: TokenServer
     server.hold()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            leader_scope = anyio.CancelScope()
-
-            async def leader() -> None:
-                with leader_scope:
-                    await auth.get_token()
-                    pytest.fail("the leader was not cancelled")
-
-            tg.start_soon(leader)
-            await wait_until(lambda: server.arrived == 1)
+            with anyio.move_on_after(0.01) as first:
+                await auth.get_token()
+            assert first.cancelled_caught
             for _ in range(CROWD):
                 tg.start_soon(call)
             await anyio.sleep(0.01)
-            leader_scope.cancel()
-            await wait_until(lambda: server.arrived == 2)
             server.release()
     assert len(results) == CROWD
-    assert len({token.value for token in results}) == 1
-    assert server.arrived == 2  # the abandoned request, and the one that landed
-    assert server.calls == 1
+    assert {token.value for token in results} == set(server.issued)
+    assert server.arrived == server.calls == 1
     await auth.aclose()
 
 
@@ -275,69 +267,87 @@ async def test_cancelled_caller_does_not_abort_an_owned_flight(server: TokenServ
 
 
 async def test_random_cancellations_never_strand_anyone(server: TokenServer) -> None:
-    """Callers cancelled at random moments leave the rest served, and nothing hangs."""
+    """Callers cancelled at random moments while the fetch is in the air leave every other
+    caller served by that one fetch, and nothing hangs."""
     auth = make_auth()
     served: list[AccessToken] = []
-    server.answers.extend([lambda: _slow_token(0.01)] * 50)
+    cancelled: list[int] = []
+    patient = {index for index in range(CROWD) if index % 3 == 0}
 
-    async def call(delay: float) -> None:
-        with anyio.move_on_after(delay):
+    async def call(index: int) -> None:
+        with anyio.move_on_after(5.0 if index in patient else 0.001 * (index % 7 + 1)) as scope:
             served.append(await auth.get_token())
+        if scope.cancelled_caught:
+            cancelled.append(index)
 
+    server.hold()
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             for index in range(CROWD):
-                tg.start_soon(call, 0.001 * (index % 7) if index % 3 else 5.0)
-    assert len(served) >= CROWD // 3
-    assert auth._provider._flight is None
+                tg.start_soon(call, index)
+            await wait_until(lambda: len(cancelled) == CROWD - len(patient))
+            server.release()
+    assert set(cancelled) == set(range(CROWD)) - patient
+    assert len(served) == len(patient)
+    assert {token.value for token in served} == set(server.issued)
+    assert server.arrived == server.calls == 1
     await auth.aclose()
-
-
-def _slow_token(_: float) -> httpx.Response:
-    return httpx.Response(200, json=token_answer())
 
 
 # -- expiry and renewal ----------------------------------------------------------------------
 
 
-async def test_token_is_renewed_inside_the_refresh_margin(
+async def test_token_is_renewed_in_the_background_inside_the_refresh_margin(
     server: TokenServer, clock: FakeClock
 ) -> None:
-    """A token is reused until refresh_margin seconds before expiry, then renewed."""
+    """From refresh_margin seconds before expiry the token is renewed in the background:
+    the caller that notices gets the cached token at once, later callers the new one."""
     server.answers.extend([_answer(expires_in=100), _answer(expires_in=100)])
     auth = make_auth(clock, refresh_margin=30)
     first = await auth.get_token()
     clock.advance(69.9)
     assert await auth.get_token() is first
+    assert server.calls == 1
     clock.advance(0.2)
+    assert await auth.get_token() is first  # no wait: the renewal runs in the background
+    await wait_until(lambda: auth.stats().renewals == 1)
     second = await auth.get_token()
     assert second is not first
     assert server.calls == 2
-    assert second.obtained_at == clock.now
+    await auth.aclose()
 
 
 async def test_margin_is_capped_at_half_the_lifetime(server: TokenServer, clock: FakeClock) -> None:
-    """A 60 s margin on a 59 s token renews at half its life, not on every call."""
+    """A 60 s margin on a 59 s token starts renewal at half its life, not on every call."""
     server.answers.extend([_answer(expires_in=59), _answer(expires_in=59)])
     auth = make_auth(clock, refresh_margin=60)
     first = await auth.get_token()
     for _ in range(10):
         clock.advance(2.9)
         assert await auth.get_token() is first
+    assert server.calls == 1
     clock.advance(0.6)  # 29.6 s into a 59 s life
-    assert await auth.get_token() is not first
-    assert server.calls == 2
+    assert await auth.get_token() is first
+    await wait_until(lambda: server.calls == 2)
+    await auth.aclose()
 
 
-async def test_zero_margin_renews_at_expiry(server: TokenServer, clock: FakeClock) -> None:
-    """With refresh_margin=0 the token is used right up to its expiry."""
+async def test_callers_wait_only_inside_the_safety_margin(
+    server: TokenServer, clock: FakeClock
+) -> None:
+    """With refresh_margin=0 the token serves until its safety margin (a twentieth of a
+    10 s life); from there callers wait for the new token."""
     server.answers.extend([_answer(expires_in=10), _answer(expires_in=10)])
     auth = make_auth(clock, refresh_margin=0)
     first = await auth.get_token()
-    clock.advance(9.999)
+    clock.advance(9.49)
     assert await auth.get_token() is first
-    clock.advance(0.001)
-    assert await auth.get_token() is not first
+    assert server.calls == 1
+    clock.advance(0.01)
+    second = await auth.get_token()
+    assert second is not first
+    assert second.obtained_at == clock.now
+    await auth.aclose()
 
 
 async def test_missing_expires_in_assumes_a_short_lifetime(
@@ -536,7 +546,8 @@ async def test_closing_during_a_bare_flight_caches_nothing(server: TokenServer) 
             await wait_until(lambda: server.arrived == 1)
             await auth.aclose()
             server.release()
-    assert auth._provider.cached is None
+    assert auth._provider.cached() is None
+    assert auth.stats().tokens_obtained == 0
 
 
 async def test_entering_twice_is_refused(server: TokenServer) -> None:
@@ -562,8 +573,7 @@ def _answer(**fields: Any) -> Callable[[], httpx.Response]:
 def test_provider_has_no_token_before_the_first_fetch() -> None:
     """A new PaymeAuth holds no token and has sent nothing."""
     auth = make_auth()
-    assert auth._provider.cached is None
-    assert auth._provider.current() is None
+    assert auth._provider.cached() is None
     stats = auth.stats()
     assert stats.token_requests == 0
     assert stats.state == "none"
@@ -634,9 +644,12 @@ async def test_renewals_and_refreshes_are_logged(
     first = await auth.get_token()
     clock.advance(80)
     await auth.get_token()
+    await wait_until(lambda: auth.stats().renewals == 1)
     await auth.refresh()
     messages = [record.getMessage() for record in caplog.records if record.levelname == "INFO"]
-    assert f"renewing token {first.fingerprint} (20 s of its life left)" in messages
+    assert f"renewing token {first.fingerprint} in the background (20 s of its life left)" in (
+        messages
+    )
     assert "refreshing the token on request" in messages
 
 

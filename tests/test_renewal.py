@@ -24,10 +24,12 @@ from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRY, FakeClock, TokenServ
 pytestmark = pytest.mark.anyio
 
 LIFETIME = 100
-# With a 30 s margin on a 100 s token: mandatory at 70 s, advisory at 2/3 of that, 46.67 s.
+# With a 30 s margin on a 100 s token: the margin starts at 70 s, the renewal point is 2/3 of
+# the way there (46.67 s), and callers wait only in the safety margin, the last 5 s.
 MARGIN = 30.0
 ADVISORY = 70 * 2 / 3
 MANDATORY = 70.0
+SAFETY = LIFETIME - 5.0
 
 
 def answer(expires_in: int = LIFETIME, **fields: Any) -> Callable[[], httpx.Response]:
@@ -135,16 +137,16 @@ async def test_failed_renewal_keeps_the_token_and_pauses(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A background renewal that fails leaves the token in use and is retried after a pause."""
-    server.answers.extend([answer(), httpx.Response(503), answer()])
+    server.answers.extend([answer(), *[httpx.Response(503)] * 3, answer()])
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 2)
-    assert server.calls == 2  # one attempt: background renewals are paced, not retried
+    await let_background_run(server, 4)
+    assert server.calls == 4  # one renewal: the retry policy's three attempts
     for _ in range(10):  # within the pause (100 s / 20 = 5 s, -20 %): no new request
         assert settle_now(auth.get_token()) is first
     await anyio.sleep(0.02)
-    assert server.calls == 2
+    assert server.calls == 4
     stats = auth.stats()
     assert stats.failed_renewals == 1
     assert stats.failed_fetches == 0
@@ -156,7 +158,7 @@ async def test_failed_renewal_keeps_the_token_and_pauses(
     )
     clock.advance(6.01)  # past the longest pause
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 3)
+    await let_background_run(server, 5)
     assert settle_now(auth.get_token()) is not first
 
 
@@ -197,13 +199,33 @@ async def test_refusal_during_renewal_is_reported_but_the_token_stays(
     assert "refused" in errors[0].getMessage()
 
 
-async def test_inside_the_margin_a_failed_fetch_falls_back_to_the_valid_token(
+async def test_inside_the_margin_nobody_waits_for_a_failing_renewal(
     auth: PaymeAuth, clock: FakeClock, server: TokenServer
 ) -> None:
-    """Past the mandatory point callers wait; if the fetch fails they get the valid token."""
+    """Inside the refresh margin callers get the valid token at once while the renewal, with
+    its retries, fails in the background."""
     server.answers.extend([answer(), *[httpx.Response(503)] * 3])
     first = await auth.get_token()
     clock.advance(MANDATORY + 1)
+    assert auth.stats().state == "renewing"
+    assert settle_now(auth.get_token()) is first
+    await let_background_run(server, 4)  # one renewal: three attempts
+    for _ in range(10):  # no storm: the next renewal waits its pause
+        assert settle_now(auth.get_token()) is first
+    await anyio.sleep(0.02)
+    assert server.calls == 4
+    stats = auth.stats()
+    assert (stats.failed_fetches, stats.failed_renewals) == (0, 1)
+
+
+async def test_inside_the_safety_margin_a_failed_fetch_falls_back_to_the_valid_token(
+    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+) -> None:
+    """In the last seconds callers wait; if that fetch fails they get the still-valid token,
+    and wait no more."""
+    server.answers.extend([answer(), *[httpx.Response(503)] * 3])
+    first = await auth.get_token()
+    clock.advance(SAFETY + 1)
     assert auth.stats().state == "due"
     assert await auth.get_token() is first
     assert server.calls == 4  # one waited-on fetch: three attempts
@@ -241,12 +263,12 @@ async def test_waiter_on_a_failed_background_renewal_gets_the_valid_token(
     auth: PaymeAuth, clock: FakeClock, server: TokenServer
 ) -> None:
     """A caller that must wait, and joins a background renewal that fails, gets the token."""
-    server.answers.extend([answer(), httpx.Response(503), answer()])
+    server.answers.extend([answer(), *[httpx.Response(503)] * 3, answer()])
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
     server.hold()
     await auth.get_token()  # starts the background renewal, held at the gate
-    clock.advance(MANDATORY - ADVISORY)  # now inside the margin: callers must wait
+    clock.advance(SAFETY - ADVISORY)  # now inside the safety margin: callers must wait
 
     async def release_soon() -> None:
         await anyio.sleep(0.02)
@@ -257,12 +279,13 @@ async def test_waiter_on_a_failed_background_renewal_gets_the_valid_token(
         with anyio.fail_after(5):
             token = await auth.get_token()
     assert token is first
-    assert server.calls == 2
+    assert server.calls == 4
     assert auth.stats().failed_fetches == 0
-    clock.advance(6)  # after the pause, the next caller renews in the background
+    clock.advance(3)  # the token serves until it expires, without waiting
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 3)
-    assert settle_now(auth.get_token()) is not first
+    clock.advance(2)  # expired: the next caller waits for a new token
+    assert await auth.get_token() is not first
+    assert server.calls == 5
 
 
 async def test_same_token_again_does_not_spin(
@@ -273,14 +296,14 @@ async def test_same_token_again_does_not_spin(
     server.answers.extend(
         [
             lambda: httpx.Response(200, json=body),
-            # What a caching server says 71 s later: the same token, 28 s left (1 s lost).
-            lambda: httpx.Response(200, json={**body, "expires_in": LIFETIME - 72}),
+            # What a caching server says 96 s later: the same token, 3 s left (1 s lost).
+            lambda: httpx.Response(200, json={**body, "expires_in": LIFETIME - 97}),
         ]
     )
     first = await auth.get_token()
-    clock.advance(MANDATORY + 1)  # inside the margin: this caller waits for the fetch
+    clock.advance(SAFETY + 1)  # inside the safety margin: this caller waits for the fetch
     assert await auth.get_token() is first
-    for _ in range(20):  # the token is kept through the pause, even inside the margin
+    for _ in range(20):  # the token is kept through the pause, even in the safety margin
         assert settle_now(auth.get_token()) is first
     assert server.calls == 2
     assert auth.stats().failed_fetches == 0
@@ -297,9 +320,11 @@ async def test_same_token_with_a_later_expiry_gets_new_windows(
             lambda: httpx.Response(200, json={**body, "expires_in": 50}),
         ]
     )
-    await auth.get_token()
+    first = await auth.get_token()
     clock.advance(MANDATORY + 1)
-    renewed = await auth.get_token()
+    assert settle_now(auth.get_token()) is first
+    await let_background_run(server, 2)
+    renewed = settle_now(auth.get_token())
     assert renewed.expires_at == clock.now + 50
     assert auth.stats().state == "fresh"
     for _ in range(20):

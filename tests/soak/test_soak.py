@@ -127,7 +127,8 @@ class LogGuard(logging.Filter):
         self.leaks = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        token = self.auth._provider.cached if self.auth is not None else None
+        entry = self.auth._provider._entry if self.auth is not None else None
+        token = entry[0] if entry is not None else None
         if token is not None and token.value not in self.secrets:
             self.secrets.append(token.value)  # the current token and the last ones
         text = record.getMessage()
