@@ -51,7 +51,7 @@ from ._errors import ConfigurationError
 from ._log import logger
 
 if TYPE_CHECKING:
-    from . import httpx2 as _httpx2
+    import payme_auth.httpx2
 
 __all__ = ["PaymeAuthMiddleware"]
 
@@ -94,17 +94,22 @@ class PaymeAuthMiddleware:
         session = aiohttp.ClientSession(middlewares=(PaymeAuthMiddleware(auth),))
 
     Requests to the API's origin (and the ``extra_origins`` of *auth*) get
-    ``Authorization: Bearer <token>`` and ``ALG-API-VERSION``; others pass through untouched,
-    redirects to another host included. On a 401 from the API the token is dropped and the
-    request replayed once with a new one, when its body is in memory; see the module's rules.
-    :class:`~payme_auth.TokenError` from a token fetch reaches the caller of the request.
+    ``Authorization: Bearer <token>`` and ``ALG-API-VERSION`` (unless the request sets its
+    own); others pass through untouched, redirect hops to another host included. On a 401
+    from the API the token is dropped (if still cached) and the request is sent once more
+    with a new token, shared by every request that failed with the old one, when its body
+    is held in memory (none, bytes, str, JSON, a form); a streamed body is not sent again.
+    A second 401 and every 403 are returned as they are; replays are counted in
+    :meth:`~payme_auth.PaymeAuth.stats`. A :class:`~payme_auth.TokenError` from a token
+    fetch reaches the caller of the request, which is then not sent.
 
     One middleware may serve any number of sessions, and one PaymeAuth any number of
     middlewares and httpx clients: they share its cached token, its fetches and its
     :meth:`~payme_auth.PaymeAuth.stats`.
 
     Args:
-        auth: a :class:`payme_auth.PaymeAuth`, or a :class:`payme_auth.httpx2.PaymeAuth`.
+        auth: a :class:`payme_auth.PaymeAuth`, or the httpx2 plug
+            (``payme_auth.httpx2.PaymeAuth``).
 
     Raises:
         ConfigurationError: *auth* is neither.
@@ -112,7 +117,7 @@ class PaymeAuthMiddleware:
 
     __slots__ = ("_api_version", "_auth", "_origins", "_provider")
 
-    def __init__(self, auth: PaymeAuth | _httpx2.PaymeAuth) -> None:
+    def __init__(self, auth: PaymeAuth | payme_auth.httpx2.PaymeAuth) -> None:
         self._auth = _unwrap(auth)
         self._provider, self._origins, self._api_version = self._auth._flow_parts()  # noqa: SLF001
 
