@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -189,6 +191,14 @@ def test_refuses_anything_but_a_payme_auth(wrong: object) -> None:
     expected = rf"^PaymeAuthMiddleware needs a payme_auth\.PaymeAuth, not {type(wrong).__name__}$"
     with pytest.raises(ConfigurationError, match=expected):
         PaymeAuthMiddleware(wrong)  # type: ignore[arg-type]
+
+
+def test_import_without_aiohttp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without aiohttp, importing payme_auth.aiohttp raises an ImportError naming the extra."""
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    monkeypatch.delitem(sys.modules, "payme_auth.aiohttp")
+    with pytest.raises(ImportError, match=r"pip install 'payme-auth\[aiohttp\]'"):
+        importlib.import_module("payme_auth.aiohttp")
 
 
 async def test_repr_shows_no_secret(auth: PaymeAuth) -> None:
