@@ -4,9 +4,10 @@
 (``POST {audience}/charges``) and answers with Pay-me's transaction id and state.
 ``GET /health/payme`` shows the token's state, with no secret in it.
 
-The Pay-me calls go through an :class:`aiohttp.ClientSession` whose client middleware
-(aiohttp 3.12 or later) adds the token, and on a 401 drops it, gets a new one and replays
-the request once: what ``httpx.AsyncClient(auth=PaymeAuth(...))`` does for httpx.
+The Pay-me calls go through an :class:`aiohttp.ClientSession` whose client middleware,
+:class:`payme_auth.aiohttp.PaymeAuthMiddleware` (aiohttp 3.12 or later), adds the token, and
+on a 401 drops it, gets a new one and replays the request once: what
+``httpx.AsyncClient(auth=PaymeAuth(...))`` does for httpx.
 
 Configuration comes from the environment: ``PAYME_CLIENT_ID``, ``PAYME_CLIENT_SECRET`` and
 either ``PAYME_ENVIRONMENT`` (``preprod``, the default, or ``production``) or
@@ -27,60 +28,17 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import attrs
-import httpx
 from aiohttp import web
-from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
-from aiohttp.payload import Payload
 
 from payme_auth import PaymeAuth, TokenError
-
-logger = logging.getLogger("payments")
+from payme_auth.aiohttp import PaymeAuthMiddleware
 
 AUTH = web.AppKey("payme_auth", PaymeAuth)
 SESSION = web.AppKey("payme_session", aiohttp.ClientSession)
 MERCHANT_CODE = web.AppKey("merchant_code", str)
 
-HEALTHY_STATES = frozenset({"fresh", "renewing", "due"})
 AMOUNT = re.compile(r"\d{1,9}\.\d{2}")
 CURRENCY = re.compile(r"[A-Z]{3}")
-
-
-def payme_middleware(auth: PaymeAuth) -> ClientMiddlewareType:
-    """An aiohttp client middleware that authenticates requests to the Pay-me API.
-
-    Requests to other origins pass through untouched. On a 401 from the API, the token
-    that failed is dropped (only if it is still the cached one), a new one is fetched
-    (one fetch, shared by every request that failed with the same token) and the request
-    is replayed once; a body that was streamed, and so cannot be sent again, is not.
-    """
-    api_version = auth.environment.api_version
-
-    async def middleware(
-        request: aiohttp.ClientRequest, handler: ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        if not auth.applies_to(httpx.URL(str(request.url))):
-            return await handler(request)
-        token = await auth.get_token()
-        request.headers["Authorization"] = token.authorization
-        request.headers.setdefault("ALG-API-VERSION", api_version)
-        response = await handler(request)
-        if response.status != 401:
-            return response
-        auth.invalidate(token)
-        body = request.body
-        if isinstance(body, Payload) and body.consumed:
-            return response
-        response.release()
-        renewed = await auth.get_token()
-        logger.info(
-            "Pay-me answered 401 for token %s; replaying once with token %s",
-            token.fingerprint,
-            renewed.fingerprint,
-        )
-        request.headers["Authorization"] = renewed.authorization
-        return await handler(request)
-
-    return middleware
 
 
 async def payme_context(app: web.Application) -> AsyncIterator[None]:
@@ -88,7 +46,7 @@ async def payme_context(app: web.Application) -> AsyncIterator[None]:
     async with PaymeAuth.from_env() as auth:
         timeout = aiohttp.ClientTimeout(total=15.0)
         async with aiohttp.ClientSession(
-            middlewares=(payme_middleware(auth),), timeout=timeout
+            middlewares=(PaymeAuthMiddleware(auth),), timeout=timeout
         ) as session:
             app[AUTH] = auth
             app[SESSION] = session
@@ -145,8 +103,7 @@ async def pay(request: web.Request) -> web.Response:
 async def payme_health(request: web.Request) -> web.Response:
     """The token's state and counters; HTTP 503 while no usable token can be had."""
     stats = request.app[AUTH].stats()
-    healthy = stats.state in HEALTHY_STATES or (stats.state == "none" and not stats.last_error)
-    return web.json_response(attrs.asdict(stats), status=200 if healthy else 503)
+    return web.json_response(attrs.asdict(stats), status=200 if stats.healthy else 503)
 
 
 def create_app() -> web.Application:

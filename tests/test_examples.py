@@ -220,7 +220,7 @@ async def test_concurrent_payments_share_one_token(
             after = await anyio.to_thread.run_sync(_health, url)
 
     assert before.status_code == 200
-    assert before.json()["state"] == "none"
+    assert (before.json()["state"], before.json()["healthy"]) == ("none", True)
     assert [r.status_code for r in responses] == [200] * BURST, responses[0].text
     bodies = [r.json() for r in responses]
     assert {body["state"] for body in bodies} == {"AUTORIZADO"}
@@ -231,7 +231,7 @@ async def test_concurrent_payments_share_one_token(
     assert (stats.api_requests, stats.api_unauthorized) == (BURST, 0)
     assert after.status_code == 200
     health = after.json()
-    assert health["state"] == "fresh"
+    assert (health["state"], health["healthy"]) == ("fresh", True)
     assert (health["token_requests"], health["tokens_obtained"]) == (1, 1)
     assert CLIENT_SECRET not in after.text
 
@@ -256,8 +256,9 @@ async def test_revoked_token_costs_one_more_request(
     assert stats.api_requests == 1 + BURST + stats.api_unauthorized
     assert health["tokens_obtained"] == 2
     assert health["failed_fetches"] == 0
-    # The httpx plug counts its replays; the aiohttp middleware logs them instead.
-    assert health["replays"] == (stats.api_unauthorized if app_name == "fastapi" else 0)
+    # Both plugs, httpx's and aiohttp's middleware, count their replays.
+    assert health["replays"] == stats.api_unauthorized
+    assert health["healthy"] is True
 
 
 async def test_refused_credentials_make_payments_unavailable(
@@ -280,9 +281,37 @@ async def test_refused_credentials_make_payments_unavailable(
     # A refusal is never retried nor cached: one token request per payment, no API call.
     assert (stats.token_requests, stats.tokens_issued, stats.api_requests) == (2, 0, 0)
     assert health.status_code == 503
-    assert health.json()["state"] == "none"
+    assert (health.json()["state"], health.json()["healthy"]) == ("none", False)
     assert "HTTP=401" in health.json()["last_error"]
     assert CLIENT_SECRET not in health.text
+
+
+async def test_health_follows_withdrawn_and_restored_credentials(
+    app_name: str, payme_env: None, emulator_server: EmulatorServer
+) -> None:
+    """Once the token is revoked and the credentials refused, /pay and the health route both
+    answer 503; once the credentials are accepted again, both recover."""
+    emulator = emulator_server.emulator
+    with SERVERS[app_name]() as url:
+        with anyio.fail_after(WAIT):
+            first = await _pay_many(url, 1)
+            emulator.revoke_tokens()
+            emulator.remove_client(CLIENT_ID)
+            refused = await _pay_many(url, 1)
+            down = await anyio.to_thread.run_sync(_health, url)
+            emulator.add_client(CLIENT_ID, CLIENT_SECRET)
+            again = await _pay_many(url, 1)
+            up = await anyio.to_thread.run_sync(_health, url)
+
+    assert [r.status_code for r in first + refused + again] == [200, 503, 200]
+    assert down.status_code == 503
+    assert down.json()["healthy"] is False
+    assert "HTTP=401" in down.json()["last_error"]
+    assert up.status_code == 200
+    assert (up.json()["state"], up.json()["healthy"]) == ("fresh", True)
+    # The refused payment was not replayed: there was no new token to replay it with.
+    assert up.json()["replays"] == 0
+    assert CLIENT_SECRET not in down.text + up.text
 
 
 async def test_invalid_payment_is_rejected_before_pay_me(
