@@ -155,7 +155,8 @@ class PaymeAuthBase:
     async def headers(self) -> dict[str, str]:
         """The headers a Pay-me API request needs: ``Authorization`` and ``ALG-API-VERSION``.
 
-        For clients other than httpx::
+        For clients with no plug (aiohttp has one: :class:`payme_auth.aiohttp.PaymeAuthMiddleware`).
+        These headers do not say which token they carry; to report a 401, build them yourself::
 
             token = await auth.get_token()
             headers = {"Authorization": token.authorization, "ALG-API-VERSION": API_VERSION}
