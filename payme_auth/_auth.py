@@ -218,7 +218,10 @@ class PaymeAuth(httpx.Auth):
                 audience=environment.audience,
                 client_id=self.client_id,
                 scopes=fetcher.scopes,
-            ),
+                client_secret=secret,
+            )
+            if store is not None
+            else "",
             attempt_timeout=attempt_timeout,
             wall_clock=wall_clock,
         )

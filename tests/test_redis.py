@@ -44,6 +44,7 @@ KEY = store_key(
     audience="https://api.example/",
     client_id="client",
     scopes=["create:token"],
+    client_secret="secret",
 )
 
 
