@@ -145,22 +145,22 @@ def spellings(secret: str) -> frozenset[str]:
     """The ways *secret* may come back in a server's text.
 
     As it is; JSON-escaped with and without ``ensure_ascii``, with ``/`` escaped as ``\\/``,
-    and escaped twice; URL-encoded (``%XX`` and form style); and its UTF-8 read as Latin-1.
+    and escaped twice; its UTF-8 read as Latin-1; and each of these URL-encoded (``%XX``,
+    with ``/`` kept or not, and form style).
     Base64 is caught otherwise: :func:`clean_text` decodes every base64 run it finds.
     """
     as_json = json.dumps(secret)[1:-1]
-    forms = {
+    escaped = {
         secret,
         as_json,
         as_json.replace("/", "\\/"),
         json.dumps(as_json)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote(secret),
-        urllib.parse.quote_plus(secret),
         secret.encode().decode("latin-1"),
     }
-    return frozenset(form for form in forms if form)
+    quote, plus = urllib.parse.quote, urllib.parse.quote_plus
+    quoted = {q for form in escaped for q in (quote(form, safe=""), quote(form), plus(form))}
+    return frozenset(form for form in escaped | quoted if form)
 
 
 def _hides(run: str, needles: Iterable[bytes]) -> bool:
