@@ -66,7 +66,7 @@ _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{4,}=*")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{2,}=*")
 _URL_SAFE = str.maketrans("-_", "+/")
 _HIDDEN = "***"
 
