@@ -130,6 +130,18 @@ def answer(
     return send
 
 
+def chunked_answer(status: int, body: bytes, headers: dict[str, str]) -> Handler:
+    """A handler sending *body* in chunked encoding, 100 bytes a chunk, with no length."""
+    pieces = [body[i : i + 100] for i in range(0, len(body), 100)]
+    chunks = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    headers = {**headers, "Transfer-Encoding": "chunked"}
+
+    async def send(_request: Request, stream: anyio.abc.ByteStream) -> None:
+        await stream.send(head(status, headers, None) + chunks)
+
+    return send
+
+
 def echoing(status: int, build: Callable[[Request], tuple[bytes, dict[str, str]]]) -> Handler:
     """A handler answering *status* with a body (and headers) made from the request."""
 
