@@ -66,7 +66,6 @@ _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{2,}=*")
 _URL_SAFE = str.maketrans("-_", "+/")
 _HIDDEN = "***"
 
@@ -188,7 +187,10 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     forms = sorted({_CONTROL.sub(" ", form) for form in raw}, key=len, reverse=True)
     text = re.sub("|".join(map(re.escape, forms)), _HIDDEN, text, flags=re.IGNORECASE)
     needles = [form.encode() for form in raw]
-    return _BASE64_RUN.sub(
+    # n bytes take at least 4n/3 base64 characters: shorter runs cannot hide a needle.
+    shortest = max(2, -(-4 * min(map(len, needles)) // 3))
+    runs = re.compile(f"[A-Za-z0-9+/_-]{{{shortest},}}=*")
+    return runs.sub(
         lambda match: _HIDDEN if _hides(match.group(), needles) else match.group(), text
     )
 

@@ -1124,6 +1124,7 @@ async def test_an_echoed_secret_shows_in_no_spelling(
     assert type(outcome.error) is kind
     assert outcome.requests == requests
     assert outcome.elapsed < QUICK_LIMIT
+    assert outcome.peak < MEMORY_BOUND
     assert_nothing_shown(outcome, caplog)
     assert any("could not get a token" in r.getMessage() for r in caplog.records)
 
