@@ -1,7 +1,8 @@
 """``payme-auth check``: is the configuration right, and does Pay-me accept it?
 
 Rules:
-- Settings first (see ``_cli_settings``); with any problem there, nothing is sent.
+- Settings first (see ``_cli_settings``); with any problem there, nothing is sent. A proxy
+  variable httpx cannot use is such a problem too.
 - The token endpoint is then asked directly, one request at a time and never retried, so
   that what is wrong is seen as it is: the transport error (DNS, connection, TLS, timeout)
   or the HTTP answer, and its ``Date`` header, which the provider does not keep.
@@ -37,15 +38,15 @@ from ._cli import (
     Finding,
 )
 from ._cli_settings import Settings
-from ._config import Scope
+from ._config import Scope, proxy_problem
 from ._errors import (
     InsufficientScopeError,
     InvalidCredentialsError,
     TokenRefusedError,
     TokenResponseError,
 )
-from ._fetcher import read_capped
 from ._protocol import Failure, build_token_request, read_token_response
+from ._reading import read_capped
 from ._token import AccessToken
 
 __all__ = [
@@ -308,6 +309,15 @@ async def run_check(
     Each request may take up to *limit* seconds. *transport* replaces the network (tests).
     """
     url = settings.environment.token_url
+    problem = proxy_problem()
+    if problem is not None:  # the token fetch would fail the same way: nothing is sent
+        return [
+            Finding.problem(
+                f"proxy setting unusable: {problem}; fix or unset it (token requests use "
+                "the proxies of the environment, as httpx does)",
+                EXIT_FAILURE,
+            )
+        ]
     async with httpx.AsyncClient(timeout=limit, transport=transport) as client:
         first = await _probe(client, settings, settings.scopes, limit)
         if first.outcome is None:

@@ -5,13 +5,19 @@ Rules:
 - Plain ``http://`` is allowed only to loopback hosts (an emulator on 127.0.0.1); anything
   that leaves the machine carries the client secret or a token, so it must be ``https://``.
 - The API origin that receives the token is the audience's scheme, host and port.
+- Proxies come from the environment as httpx reads them (``HTTP_PROXY``, ``HTTPS_PROXY``,
+  ``ALL_PROXY``, ``NO_PROXY``, upper or lower case). httpx builds a transport for every one
+  of them, whatever ``NO_PROXY`` says, so one it cannot use is a configuration error even
+  when the token URL would not go through it.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib.util
 import ipaddress
 import os
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +33,7 @@ __all__ = [
     "Scope",
     "normalize_scopes",
     "origin_of",
+    "proxy_problem",
 ]
 
 API_VERSION = "1709847567"
@@ -269,3 +276,44 @@ def _env_environment(get: Callable[[str], str | None]) -> Environment:
     if version is not None:
         environment = attrs.evolve(environment, api_version=version)
     return environment
+
+
+_PROXY_SCHEMES = {"http": None, "https": None, "socks5": "socksio", "socks5h": "socksio"}
+
+
+def proxy_problem() -> str | None:
+    """Say what is wrong with the proxy variables httpx would use, or ``None``.
+
+    The text names the variable and never shows its value, which may hold a password.
+    """
+    # The standard library's reading, which is httpx's: a lower-case name wins.
+    found = urllib.request.getproxies_environment()
+    for scheme in ("http", "https", "all"):
+        value = found.get(scheme)
+        if not value:
+            continue
+        names = [n for n, v in os.environ.items() if n.lower() == f"{scheme}_proxy" and v == value]
+        name = min(names, key=str.isupper, default=f"{scheme.upper()}_PROXY")
+        try:
+            url = httpx.URL(value if "://" in value else f"http://{value}")
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return f"{name} is not a valid proxy URL"
+        if url.scheme not in _PROXY_SCHEMES:
+            return f"{name} has the proxy scheme {url.scheme!r}, which httpx cannot use"
+        package = _PROXY_SCHEMES[url.scheme]
+        if package and importlib.util.find_spec(package) is None:
+            return (
+                f"{name} names a {url.scheme} proxy, which needs the {package} package "
+                "(pip install 'httpx[socks]')"
+            )
+    return None
+
+
+def check_proxy_environment() -> None:
+    """Raise :class:`~payme_auth.ConfigurationError` if httpx cannot use the proxy variables."""
+    problem = proxy_problem()
+    if problem is not None:
+        raise ConfigurationError(
+            f"{problem}: fix or unset it (token requests use the proxies of the environment, "
+            "as httpx does)"
+        )

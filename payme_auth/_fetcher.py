@@ -13,6 +13,11 @@ Rules:
   and a server that trickles bytes could otherwise hold it for ever.
 - Exceptions from the HTTP stack are not chained into ours: they reference the request,
   whose body holds the client secret. Their type and message are kept in ours instead.
+- No frame here that an error passes through holds the answer's body or a secret in a local
+  variable: error trackers record the locals of every frame of a traceback.
+- A fetch of our own builds its client with the proxies of the environment, as httpx does;
+  a proxy variable httpx cannot use is a ConfigurationError naming it (see
+  ``_config.proxy_problem``), not httpx's ImportError or ValueError.
 """
 
 from __future__ import annotations
@@ -28,17 +33,22 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._config import Environment
-from ._errors import TokenEndpointUnavailableError, TokenError, TokenResponseError
+from ._config import Environment, check_proxy_environment
+from ._errors import (
+    ConfigurationError,
+    TokenEndpointUnavailableError,
+    TokenError,
+    TokenResponseError,
+)
 from ._log import logger
 from ._policy import RetryPolicy
 from ._protocol import (
-    MAX_RESPONSE_BYTES,
     Failure,
     build_token_request,
     clean_text,
     read_token_response,
 )
+from ._reading import read_capped
 from ._token import AccessToken
 
 __all__ = ["TokenFetcher", "read_capped"]
@@ -176,9 +186,22 @@ class TokenFetcher:
             yield client
 
     def _new_client(self) -> httpx.AsyncClient:
-        """Build a client for one fetch (in a worker thread: see the rules above)."""
+        """Build a client for one fetch (in a worker thread: see the rules above).
+
+        Raises:
+            ConfigurationError: a proxy variable of the environment is unusable.
+        """
+        check_proxy_environment()
         context = _untrusting_context() if self._plain else _tls_context()
-        return httpx.AsyncClient(verify=context, timeout=self._timeout)
+        try:
+            return httpx.AsyncClient(verify=context, timeout=self._timeout)
+        except (ImportError, ValueError) as exc:  # what the check above did not foresee
+            # httpx's text may show a proxy URL, password and all: keep only the type.
+            raise ConfigurationError(
+                f"no HTTP client could be built for token requests ({type(exc).__name__}): "
+                "check the proxy variables of the environment (HTTP_PROXY, HTTPS_PROXY, "
+                "ALL_PROXY, NO_PROXY)"
+            ) from None
 
 
 @functools.cache
@@ -209,30 +232,3 @@ def _unavailable(outcome: Failure, attempts: int) -> TokenEndpointUnavailableErr
         error=last.error,
         detail=last.detail,
     )
-
-
-async def read_capped(response: httpx.Response) -> tuple[bytes, bool]:
-    """Read at most MAX_RESPONSE_BYTES of the body; say whether there was more.
-
-    The raw bytes are read to the end and decoded afterwards, in memory: httpx's decoding
-    iterator, stopped half-way by a bad byte, leaves its inner iterator to the garbage
-    collector. Past the limit nothing more is kept; the attempt's deadline bounds the time.
-    """
-    if response.is_stream_consumed:  # an answer built in memory (httpx.MockTransport)
-        body = response.content
-        return body[:MAX_RESPONSE_BYTES], len(body) > MAX_RESPONSE_BYTES
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-        return b"", True
-    raw = bytearray()
-    truncated = False
-    async for chunk in response.aiter_raw():
-        if not truncated:
-            raw += chunk
-            truncated = len(raw) > MAX_RESPONSE_BYTES
-    if truncated:
-        return b"", True
-    if response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
-        return bytes(raw), False
-    body = httpx.Response(200, headers=response.headers, content=bytes(raw)).content
-    return body[:MAX_RESPONSE_BYTES], len(body) > MAX_RESPONSE_BYTES

@@ -14,15 +14,21 @@ Rules:
 - Failures are classified once, here: a refusal (4xx) is final, an overloaded or unreachable
   endpoint (408, 429, 5xx, transport errors) is worth another attempt after a backoff.
 - Text that comes from the server is shortened, stripped of control characters and scrubbed
-  of the client secret before it reaches an exception.
+  of the client secret and of the answer's token before it reaches an exception: in every
+  spelling a server may echo them in (see :func:`spellings`), and inside any base64 run.
+- An error carries no traceback out of here: the frames that raised it hold the answer,
+  which may echo the secret, and error trackers record the locals of every frame.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import email.utils
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,6 +51,7 @@ __all__ = [
     "build_token_request",
     "parse_retry_after",
     "read_token_response",
+    "spellings",
 ]
 
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -59,6 +66,8 @@ _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
+_URL_SAFE = str.maketrans("-_", "+/")
+_HIDDEN = "***"
 
 
 @attrs.frozen(kw_only=True)
@@ -131,16 +140,67 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+def spellings(secret: str) -> frozenset[str]:
+    """The ways *secret* may come back in a server's text.
+
+    As it is; JSON-escaped with and without ``ensure_ascii``, with ``/`` escaped as ``\\/``,
+    and escaped twice; its UTF-8 read as Latin-1; and each of these URL-encoded (``%XX``,
+    with ``/`` kept or not, and form style).
+    Base64 is caught otherwise: :func:`clean_text` decodes every base64 run it finds.
+    """
+    as_json = json.dumps(secret)[1:-1]
+    escaped = {
+        secret,
+        as_json,
+        as_json.replace("/", "\\/"),
+        json.dumps(as_json)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        secret.encode().decode("latin-1"),
+    }
+    quote, plus = urllib.parse.quote, urllib.parse.quote_plus
+    quoted = {q for form in escaped for q in (quote(form, safe=""), quote(form), plus(form))}
+    return frozenset(form for form in escaped | quoted if form)
+
+
+def _hides(run: str, needles: Iterable[bytes]) -> bool:
+    """Whether the base64 text *run*, read from any of its first four places, holds a needle."""
+    text = run.rstrip("=").translate(_URL_SAFE)
+    for start in range(4):
+        part = text[start:]
+        part = part[: len(part) - (len(part) % 4 == 1)]
+        try:
+            decoded = base64.b64decode(part + "=" * (-len(part) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        if any(needle in decoded for needle in needles):
+            return True
+    return False
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every spelling of every secret in *text* (control characters already gone)."""
+    raw = {form for secret in secrets if secret for form in spellings(secret)}
+    if not raw:
+        return text
+    # Longest first, so that no shorter spelling cuts a longer one in two; case-blind, for
+    # hexadecimal escapes (\u00F1, %C3%B1) in either case.
+    forms = sorted({_CONTROL.sub(" ", form) for form in raw}, key=len, reverse=True)
+    text = re.sub("|".join(map(re.escape, forms)), _HIDDEN, text, flags=re.IGNORECASE)
+    needles = [form.encode() for form in raw]
+    # n bytes take at least 4n/3 base64 characters: shorter runs cannot hide a needle.
+    shortest = max(2, -(-4 * min(map(len, needles)) // 3))
+    runs = re.compile(f"[A-Za-z0-9+/_-]{{{shortest},}}=*")
+    return runs.sub(
+        lambda match: _HIDDEN if _hides(match.group(), needles) else match.group(), text
+    )
+
+
 def clean_text(text: object, secrets: Iterable[str] = ()) -> str | None:
     """Make server text safe to show: a short single line with no secret in it."""
     if not isinstance(text, (str, int, float)) or isinstance(text, bool):
         return None
     # Control characters first: a secret with a space in it must not hide behind a tab.
-    cleaned = _CONTROL.sub(" ", str(text))
-    for secret in secrets:
-        if secret:
-            cleaned = cleaned.replace(secret, "***")
-    cleaned = cleaned.strip()
+    cleaned = scrub(_CONTROL.sub(" ", str(text)), secrets).strip()
     if len(cleaned) > _DETAIL_LENGTH:
         cleaned = cleaned[: _DETAIL_LENGTH - 1] + "…"
     return cleaned or None
@@ -287,9 +347,9 @@ def _token_from(
     assumed_expires_in: int | None,
     secrets: Iterable[str],
 ) -> AccessToken:
-    found = _details(data, secrets)
     success = data.get("success", True)
     if success is False or success == "false":
+        found = _details(data, secrets)
         raise TokenResponseError(
             "the token endpoint answered success=false",
             status_code=status,
@@ -303,6 +363,7 @@ def _token_from(
         )
     raw_code, _ = _pay_me_status(data)
     if raw_code is not None and (not isinstance(raw_code, str) or raw_code.strip() != "00"):
+        found = _details(data, secrets)
         raise TokenResponseError(
             "the token answer reports a non-success status",
             status_code=status,
@@ -364,10 +425,12 @@ def read_token_response(
         now: the wall clock, to read a ``Retry-After`` date.
         assumed_expires_in: the lifetime assumed when ``expires_in`` is missing, or ``None``
             to treat that as an error.
-        secrets: strings that must not appear in error messages.
+        secrets: strings that must not appear in error messages, in any spelling; the
+            answer's own ``access_token`` is added to them.
     """
-    secrets = tuple(secrets)
     data = _decode(body)
+    token = data.get("access_token") if isinstance(data, Mapping) else None
+    secrets = (*secrets, token) if isinstance(token, str) and token else tuple(secrets)
     if not 200 <= status <= 299:
         return _failure_for_status(status, headers, data, now=now, secrets=secrets)
     if truncated:
@@ -389,4 +452,5 @@ def read_token_response(
             secrets=secrets,
         )
     except TokenResponseError as error:
-        return Failure(error=error)
+        # Its traceback's frames hold the answer (see the rules above).
+        return Failure(error=error.with_traceback(None))

@@ -224,6 +224,7 @@ class Settings:
                     audience=self.environment.audience,
                     client_id=self.client_id,
                     scopes=self.scopes,
+                    client_secret=self.client_secret,
                 ),
                 attempt_timeout=self.attempt_timeout,
                 refresh_margin=self.refresh_margin,

@@ -74,14 +74,32 @@ def _scopes(scopes: Iterable[str]) -> frozenset[str]:
     return frozenset(scopes)
 
 
-def store_key(*, token_url: str, audience: str, client_id: str, scopes: Iterable[str]) -> str:
-    """The store key of one kind of token: a hex hash of everything that sets it apart.
+def store_key(
+    *,
+    token_url: str,
+    audience: str,
+    client_id: str,
+    scopes: Iterable[str],
+    client_secret: str,
+) -> str:
+    """The store key of one kind of token: 32 hex digits derived from all that sets it apart.
 
-    Two providers with the same token URL, audience, client id and scopes (in any order)
-    share a token; any difference keeps them apart. The secret takes no part.
+    Two providers with the same token URL, audience, client id, scopes (in any order) and
+    client secret share a token; any difference keeps them apart, so a process with a wrong
+    or rotated secret never takes a token fetched with another one.
+
+    The key is scrypt (N=2**14, r=8, p=1) of the secret, salted with a SHA-256 of the rest.
+    Whoever reads the store learns neither the secret nor the client id, and testing one
+    guessed secret against a key costs a scrypt run (16 MiB, tens of milliseconds) on top of
+    knowing the token URL, audience, client id and scopes. It costs the same here: call it
+    once, when the provider is built.
     """
-    parts = [token_url, audience, client_id, " ".join(sorted(set(scopes)))]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    parts = ["payme_auth store key 2", token_url, audience, client_id, *sorted(set(scopes))]
+    salt = hashlib.sha256("\n".join(parts).encode()).digest()
+    key = hashlib.scrypt(
+        client_secret.encode(), salt=salt, n=2**14, r=8, p=1, maxmem=64 * 2**20, dklen=16
+    )
+    return key.hex()
 
 
 @attrs.frozen(kw_only=True, repr=False)

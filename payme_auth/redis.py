@@ -9,8 +9,10 @@ Needs ``payme-auth[redis]`` (``redis>=5``, whose ``redis.asyncio`` client this u
     auth = PaymeAuth(client_id, client_secret, store=store)
 
 Rules:
-- Keys are ``<prefix><key>:token`` and ``<prefix><key>:lease``, where ``<key>`` is a hash of
-  the token URL, audience, client id and scopes (never the secret).
+- Keys are ``<prefix><key>:token`` and ``<prefix><key>:lease``, where ``<key>`` is derived
+  from the token URL, audience, client id, scopes and secret by scrypt (see
+  ``_store.store_key``): a wrong secret never finds another secret's token, and the key
+  shows neither.
 - The token key holds ``1:<fingerprint>:<payload>``: the format version, the token's
   fingerprint (a one-way hash, for the compare-and-delete) and the token with its scopes
   and wall-clock times as JSON, encrypted when a cipher is given. It expires with the token

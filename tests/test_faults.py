@@ -13,13 +13,18 @@ The outage scenarios use real time with tokens living a few seconds.
 
 from __future__ import annotations
 
+import base64
 import gc
+import importlib.util
 import json
 import logging
 import math
 import random
 import time
 import traceback
+import tracemalloc
+import urllib.parse
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
@@ -31,6 +36,8 @@ import pytest
 
 from payme_auth import (
     AccessToken,
+    ConfigurationError,
+    Environment,
     InsufficientScopeError,
     InvalidCredentialsError,
     PaymeAuth,
@@ -41,8 +48,11 @@ from payme_auth import (
     TokenRefusedError,
     TokenResponseError,
 )
+from payme_auth._cli_check import exit_code_of, run_check
+from payme_auth._cli_settings import Settings
 from payme_auth.testing import EmulatorServer, Fault, PaymeEmulator, run_emulator
 
+from . import hostile_server as hostile
 from .conftest import CLIENT_ID, CLIENT_SECRET, TOKEN_MARK, token_answer
 
 pytestmark = pytest.mark.anyio
@@ -914,9 +924,10 @@ async def test_outage_in_the_advisory_window_is_ridden_out(
     assert 1 <= tries <= life.max_tries(outage), f"{tries} tries in {outage:.2f} s"
     assert stats.failed_renewals >= 1
     assert stats.failed_fetches == 0
-    # Each failed renewal made one request (a refusal) or up to the policy's attempts.
+    # Past the first token: each failed renewal made one request (a refusal) or up to the
+    # policy's attempts, and so may the renewal that succeeded.
     assert 2 + stats.failed_renewals <= token_requests(live)
-    assert token_requests(live) <= 2 + QUICK_RETRY.attempts * stats.failed_renewals
+    assert token_requests(live) <= 1 + QUICK_RETRY.attempts * (stats.failed_renewals + 1)
     assert renewal_logs(caplog, level)
     other = logging.ERROR if level == logging.WARNING else logging.WARNING
     assert not renewal_logs(caplog, other)
@@ -984,3 +995,304 @@ async def test_renewal_bringing_no_newer_token_does_not_spin(
     assert stats.renewals == 0
     assert any("no newer token" in r.getMessage() for r in caplog.records)
     assert_no_token_logged(caplog, live)
+
+
+# -- a hostile endpoint on a raw socket: echoes, bombs, endless bodies -------------------------
+
+HOSTILE_SECRET = 'acc-SECRET-contraseña-ü-"quote"-back\\slash-/+=&-91c2'
+"""A secret whose every spelling differs: non-ASCII, quotes, a backslash, URL specials."""
+
+HOSTILE_TOKEN = TOKEN_MARK + "hostile/+=value.sig"
+SECRET_SPELLINGS = hostile.spellings(HOSTILE_SECRET, CLIENT_ID)
+TOKEN_SPELLINGS = hostile.spellings(HOSTILE_TOKEN, CLIENT_ID)
+TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+MEMORY_BOUND = 16 * ONE_MIB
+"""What reading any one answer may allocate at its peak (the cap is 256 KiB)."""
+
+QUICK_LIMIT = 10.0
+"""An answer that is not retried ends well within this (in milliseconds, in fact)."""
+
+
+def _as_json(payload: object) -> tuple[bytes, dict[str, str]]:
+    return json.dumps(payload).encode(), {"Content-Type": "application/json"}
+
+
+def _pay_me_status(code: str, message: str) -> dict[str, Any]:
+    return {
+        "meta": {"status": {"code": code, "message_ilgn": [{"locale": "es_PE", "value": message}]}}
+    }
+
+
+Body = Callable[[str], tuple[bytes, dict[str, str]]]
+# Each way of failing: the status, the answer built from an echo, the error, the requests made.
+ECHO_MODES: dict[str, tuple[int, Body, type[PaymeAuthError], int]] = {
+    "500 message": (500, lambda t: _as_json({"message": t}), TokenEndpointUnavailableError, 3),
+    "503 text": (503, lambda t: (t.encode(), TEXT), TokenEndpointUnavailableError, 3),
+    "400 message": (400, lambda t: _as_json({"message": t}), TokenRefusedError, 1),
+    "401 description": (
+        401,
+        lambda t: _as_json({"error": "invalid_client", "error_description": t}),
+        InvalidCredentialsError,
+        1,
+    ),
+    "403 error": (403, lambda t: _as_json({"error": t}), InsufficientScopeError, 1),
+    "302 location": (
+        302,
+        lambda t: (b"", {"Location": f"http://127.0.0.1:9/next?{t}"}),
+        TokenResponseError,
+        1,
+    ),
+    "200 success false": (
+        200,
+        lambda t: _as_json({"success": False, "authorization": _pay_me_status("01", t)}),
+        TokenResponseError,
+        1,
+    ),
+    "200 text": (200, lambda t: (t.encode(), TEXT), TokenResponseError, 1),
+    "200 bad token_type": (
+        200,
+        lambda t: _as_json(token_answer(access_token=HOSTILE_TOKEN, token_type=t)),
+        TokenResponseError,
+        1,
+    ),
+    "200 bad status code": (
+        200,
+        lambda t: _as_json(
+            token_answer(access_token=HOSTILE_TOKEN, authorization=_pay_me_status(t, t))
+        ),
+        TokenResponseError,
+        1,
+    ),
+}
+
+
+def _echo_cases() -> Iterator[Any]:
+    for mode in ECHO_MODES:
+        for echo in ("as sent", "unicode", "form"):
+            yield pytest.param(mode, echo, id=f"{mode}-{echo}")
+    for mode in ("401 description", "200 success false"):
+        for echo in [e for e in hostile.ECHOES if e not in {"as sent", "unicode", "form"}]:
+            yield pytest.param(mode, echo, id=f"{mode}-{echo}")
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What one token request against a hostile endpoint came to."""
+
+    error: PaymeAuthError
+    requests: int
+    elapsed: float
+    peak: int
+
+
+async def against(
+    handler: hostile.Handler, *, secret: str = HOSTILE_SECRET, **kwargs: Any
+) -> Outcome:
+    """Ask *handler* for a token once, on a PaymeAuth of its own; it must fail."""
+    kwargs.setdefault("retry", QUICK_RETRY)
+    with anyio.fail_after(SCENARIO_LIMIT):
+        async with hostile.hostile_server(handler) as server:
+            auth = PaymeAuth(CLIENT_ID, secret, environment=server.environment, **kwargs)
+            tracemalloc.start()
+            started = time.monotonic()
+            try:
+                with pytest.raises(PaymeAuthError) as caught:
+                    await auth.get_token()
+            finally:
+                elapsed = time.monotonic() - started
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                await auth.aclose()
+    return Outcome(error=caught.value, requests=server.requests, elapsed=elapsed, peak=peak)
+
+
+def assert_nothing_shown(outcome: Outcome, caplog: pytest.LogCaptureFixture) -> None:
+    """No spelling of the secret or the token in any str, repr, traceback, local or log record."""
+    texts = hostile.texts_of(outcome.error, caplog.records)
+    hostile.assert_never_shown(SECRET_SPELLINGS | TOKEN_SPELLINGS, texts)
+
+
+@pytest.mark.parametrize(("mode", "echo"), list(_echo_cases()))
+async def test_an_echoed_secret_shows_in_no_spelling(
+    mode: str, echo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint echoing the request, however encoded, leaks the secret nowhere.
+
+    Not in the error's str or repr, its formatted traceback, the locals of payme_auth's
+    frames in that traceback (what an error tracker records), nor any log record.
+    """
+    status, body, kind, requests = ECHO_MODES[mode]
+    encode = hostile.ECHOES[echo]
+    handler = hostile.echoing(status, lambda request: body(encode(request.body, CLIENT_ID)))
+    outcome = await against(handler)
+    assert type(outcome.error) is kind
+    assert outcome.requests == requests
+    assert outcome.elapsed < QUICK_LIMIT
+    assert outcome.peak < MEMORY_BOUND
+    assert_nothing_shown(outcome, caplog)
+    assert any("could not get a token" in r.getMessage() for r in caplog.records)
+
+
+TOKEN_ECHOES: dict[str, Callable[[str], str]] = {
+    "as it is": lambda token: token,
+    "json": lambda token: json.dumps(token)[1:-1].replace("/", "\\/"),
+    "percent": lambda token: urllib.parse.quote(token, safe=""),
+    "form": urllib.parse.quote_plus,
+    "base64": lambda token: base64.b64encode(token.encode()).decode(),
+}
+
+
+@pytest.mark.parametrize("echo", list(TOKEN_ECHOES))
+@pytest.mark.parametrize("field", ["message", "token_type"])
+async def test_a_rejected_answer_shows_its_token_in_no_spelling(
+    field: str, echo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 200 answer refused for a bad field shows its own token nowhere, however spelled."""
+    text = f"issued {TOKEN_ECHOES[echo](HOSTILE_TOKEN)}"
+    if field == "message":
+        payload = token_answer(
+            access_token=HOSTILE_TOKEN, success=False, authorization=_pay_me_status("01", text)
+        )
+    else:
+        payload = token_answer(access_token=HOSTILE_TOKEN, token_type=text)
+    outcome = await against(hostile.answer(200, payload))
+    assert type(outcome.error) is TokenResponseError
+    assert outcome.requests == 1
+    assert_nothing_shown(outcome, caplog)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compression_bomb_is_inflated_no_further_than_the_cap(
+    encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """250 MB packed into 250 KB: read up to the cap only, a TokenResponseError, not retried."""
+    bomb = hostile.bomb(encoding)
+    assert len(bomb) < 300_000
+    outcome = await against(hostile.compressed(200, encoding, bomb))
+    assert type(outcome.error) is TokenResponseError
+    assert "larger than 262144 bytes" in str(outcome.error)
+    assert outcome.requests == 1
+    assert outcome.peak < MEMORY_BOUND, f"{outcome.peak / ONE_MIB:.1f} MiB at the peak"
+    assert outcome.elapsed < QUICK_LIMIT
+    assert_nothing_shown(outcome, caplog)
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, br", "compress"])
+async def test_an_answer_in_an_unbounded_encoding_is_not_read(
+    encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """br, zstd and the like (not asked for) are refused unread: a TokenResponseError at once."""
+    outcome = await against(hostile.compressed(200, encoding, hostile.bomb("gzip")))
+    assert type(outcome.error) is TokenResponseError
+    assert "could not be read" in str(outcome.error)
+    assert encoding in str(outcome.error)
+    assert outcome.requests == 1
+    assert outcome.peak < MEMORY_BOUND
+    assert_nothing_shown(outcome, caplog)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity"])
+async def test_a_small_compressed_token_answer_is_accepted(encoding: str) -> None:
+    """A server that compresses despite ``identity`` still gives a usable token."""
+    body = json.dumps(token_answer(access_token=HOSTILE_TOKEN)).encode()
+    if encoding != "identity":
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+        body = packer.compress(body) + packer.flush()
+    with anyio.fail_after(SCENARIO_LIMIT):
+        async with (
+            hostile.hostile_server(hostile.compressed(200, encoding, body)) as server,
+            PaymeAuth(CLIENT_ID, HOSTILE_SECRET, environment=server.environment) as auth,
+        ):
+            token = await auth.get_token()
+    assert token.value == HOSTILE_TOKEN
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        pytest.param(hostile.endless(), id="chunked"),
+        pytest.param(hostile.endless(chunked=False), id="until-close"),
+        pytest.param(hostile.endless(encoding="gzip"), id="gzip-label"),
+    ],
+)
+async def test_an_endless_answer_stops_at_the_cap_at_once(
+    handler: hostile.Handler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 200 body that never ends is read to the cap and no further: a TokenResponseError,
+    one request, long before the attempt's deadline (30 s here)."""
+    outcome = await against(handler, timeout=30.0)
+    assert type(outcome.error) is TokenResponseError
+    assert outcome.requests == 1
+    assert outcome.elapsed < QUICK_LIMIT
+    assert outcome.peak < MEMORY_BOUND
+    assert_nothing_shown(outcome, caplog)
+
+
+async def test_an_endless_503_is_retried_as_a_503(caplog: pytest.LogCaptureFixture) -> None:
+    """An endless error answer is classified by its status, without waiting for its end."""
+    outcome = await against(hostile.endless(503), timeout=30.0)
+    assert type(outcome.error) is TokenEndpointUnavailableError
+    assert outcome.error.status_code == 503
+    assert outcome.requests == ATTEMPTS
+    assert outcome.elapsed < QUICK_LIMIT
+    assert_nothing_shown(outcome, caplog)
+
+
+# -- proxies from the environment --------------------------------------------------------------
+
+socksio_installed = importlib.util.find_spec("socksio") is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        pytest.param(
+            "ALL_PROXY",
+            "socks5://user:pw-SECRET@127.0.0.1:1080",
+            "socksio",
+            marks=pytest.mark.skipif(socksio_installed, reason="socksio is installed"),
+            id="socks-without-socksio",
+        ),
+        pytest.param(
+            "HTTPS_PROXY", "ftp://user:pw-SECRET@127.0.0.1:21", "'ftp'", id="unknown-scheme"
+        ),
+        pytest.param("http_proxy", "gopher://127.0.0.1:70", "'gopher'", id="lower-case"),
+    ],
+)
+async def test_an_unusable_proxy_variable_is_a_configuration_error(
+    name: str, value: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy variable httpx cannot use is a ConfigurationError naming it, even under NO_PROXY;
+    nothing is sent, nothing retried, and the proxy's password is not shown."""
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    outcome = await against(hostile.answer(200, token_answer()))
+    assert type(outcome.error) is ConfigurationError
+    assert name in str(outcome.error)
+    assert said in str(outcome.error)
+    assert "pw-SECRET" not in "".join(hostile.texts_of(outcome.error, []))
+    assert outcome.requests == 0
+
+
+async def test_check_reports_an_unusable_proxy_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``payme-auth check`` names the unusable proxy variable as a problem and sends nothing."""
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://user:pw-SECRET@127.0.0.1:21")
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json=token_answer())
+
+    settings = Settings(
+        client_id=CLIENT_ID,
+        client_secret=HOSTILE_SECRET,
+        environment=Environment.PREPROD,
+        scopes=("create:token",),
+    )
+    findings = await run_check(settings, transport=httpx.MockTransport(record))
+    assert [finding.is_problem for finding in findings] == [True]
+    assert "HTTPS_PROXY" in findings[0].line()
+    assert "pw-SECRET" not in findings[0].line()
+    assert exit_code_of(findings) != 0
+    assert sent == []

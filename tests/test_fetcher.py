@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import zlib
 from collections.abc import Iterator
 
 import anyio
@@ -12,7 +13,9 @@ import httpx
 import pytest
 
 from payme_auth import Environment, PaymeAuth, TokenEndpointUnavailableError
+from payme_auth import _fetcher as fetcher_module
 from payme_auth._fetcher import TokenFetcher, _tls_context, _untrusting_context
+from payme_auth._reading import read_capped
 from payme_auth.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -20,6 +23,7 @@ from payme_auth.testing import (
     run_emulator,
 )
 
+from . import hostile_server as hostile
 from .conftest import FAST_RETRY
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +120,63 @@ async def test_an_unreachable_endpoint_leaves_no_thread_or_task_behind() -> None
     with anyio.fail_after(20), pytest.raises(TokenEndpointUnavailableError):
         await auth.get_token()
     assert {task.id for task in anyio.get_running_tasks()} <= before
+
+
+# -- reading an answer within the cap --------------------------------------------------------
+
+
+async def _read(handler: hostile.Handler, limit: int) -> tuple[bytes, bool] | httpx.HTTPError:
+    """What read_capped gives for *handler*'s answer, or the error it raises."""
+    with anyio.fail_after(10):
+        async with hostile.hostile_server(handler) as server, httpx.AsyncClient() as client:
+            url = server.environment.token_url
+            async with client.stream("POST", url, content=b"{}") as response:
+                try:
+                    return await read_capped(response, limit)
+                except httpx.HTTPError as error:  # out of the server's task group as it is
+                    return error
+
+
+def _gzip(data: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_read_capped_keeps_the_cap_to_the_byte(encoding: str, chunked: bool) -> None:
+    """A body of exactly the cap is whole; one byte more is truncated to the cap, whether
+    it arrives plain or gzipped, with a length or chunked (no length)."""
+    for size, truncated in ((1000, False), (1001, True)):
+        data = b"x" * size
+        sent = data if encoding == "identity" else _gzip(data)
+        headers = {"Content-Encoding": encoding}
+        if chunked:
+            handler = hostile.chunked_answer(200, sent, headers)
+        else:
+            handler = hostile.answer(200, sent, headers)
+        # A declared length over the cap is refused unread; otherwise reading stops at it.
+        unread = truncated and not chunked and encoding == "identity"
+        assert await _read(handler, 1000) == (b"" if unread else data[:1000], truncated)
+
+
+async def test_read_capped_refuses_a_declared_length_over_the_cap() -> None:
+    """A Content-Length over the cap is not read at all."""
+    assert await _read(hostile.answer(200, b"x" * 2000), 1000) == (b"", True)
+
+
+async def test_read_capped_ignores_an_error_body_in_an_unknown_encoding() -> None:
+    """A non-2xx answer in br is not read, but is not an error either: its status counts."""
+    assert await _read(hostile.compressed(503, "br", b"\x00\x01"), 1000) == (b"", False)
+
+
+async def test_read_capped_says_broken_gzip_is_broken() -> None:
+    """Gzip data that does not inflate is a DecodingError."""
+    error = await _read(hostile.compressed(200, "gzip", b"not gzip at all"), 1000)
+    assert isinstance(error, httpx.DecodingError)
+    assert "broken gzip data" in str(error)
+
+
+def test_the_fetcher_still_offers_read_capped() -> None:
+    """read_capped moved to _reading; importing it from _fetcher still works."""
+    assert fetcher_module.read_capped is read_capped

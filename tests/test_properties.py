@@ -1,24 +1,30 @@
-"""Property tests: no answer, however malformed, makes read_token_response misbehave."""
+"""Property tests: no answer, however malformed, makes read_token_response misbehave, and
+no secret, however spelled, comes out of it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from payme_auth import AccessToken, RetryPolicy, TokenError
+from payme_auth import AccessToken, Environment, RetryPolicy, TokenError
 from payme_auth._protocol import (
     MAX_EXPIRES_IN,
     Failure,
+    build_token_request,
     clean_text,
     parse_retry_after,
     read_token_response,
 )
 
-from .conftest import CLIENT_SECRET
+from . import hostile_server as hostile
+from .conftest import CLIENT_ID, CLIENT_SECRET
 
 # The autouse log guard in conftest is function-scoped; it checks logs once after all
 # examples, which is what we want here, so the health check about it does not apply.
@@ -279,3 +285,130 @@ def test_retry_delay_bounds(
     assert delay >= (retry_after or 0.0)
     assert delay >= computed / 2
     assert delay <= max(computed, retry_after or 0.0)
+
+
+# -- secrets from all of Unicode, echoed back in any encoding ----------------------------------
+
+BASELINE_SECRET = "\u2603"
+"""A stand-in secret the drawn ones never contain: the same answer made with it shows what
+text is there whatever the secret (the messages' own words)."""
+
+any_secret = st.text(
+    alphabet=st.one_of(
+        st.characters(
+            exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"),
+            exclude_characters="*" + BASELINE_SECRET,
+        ),
+        st.sampled_from(list(' "\\/%+=&:?#ñü€\U0001f600')),
+    ),
+    min_size=1,
+    max_size=24,
+).filter(lambda secret: secret == secret.strip())
+"""What PaymeAuth accepts as a client secret (printable, no surrounding spaces), less ``*``:
+the mark that replaces a secret is ``***``, which a secret of stars would be found in."""
+
+ECHO_FIELDS = ["message", "error_description", "error", "status message", "code", "token_type"]
+
+
+def _echo_answer(text: str, status: int, field: str) -> tuple[int, dict[str, Any]]:
+    """An answer with *text* in *field* that fails at *status* (a 200 made to fail)."""
+    if field == "token_type":
+        return 200, {"access_token": "tok.en", "token_type": text}
+    payload: dict[str, Any] = {"success": False} if status == 200 else {}
+    if field == "status message":
+        payload["authorization"] = {"meta": {"status": {"code": "01", "message": text}}}
+    elif field == "code":
+        payload["authorization"] = {"meta": {"status": {"code": text}}}
+    else:
+        payload[field] = text
+    return status, payload
+
+
+def _echoed_error(
+    secret: str, echo: str, status: int, field: str, ensure_ascii: bool
+) -> TokenError:
+    request = build_token_request(Environment.PREPROD, CLIENT_ID, secret, REQUESTED)
+    text = hostile.ECHOES[echo](request.content, CLIENT_ID)
+    status, payload = _echo_answer(text, status, field)
+    body = json.dumps(payload, ensure_ascii=ensure_ascii).encode()
+    result = read_token_response(
+        status,
+        {},
+        body,
+        requested_scopes=REQUESTED,
+        obtained_at=5.0,
+        now=1_700_000_000.0,
+        secrets=(secret,),
+    )
+    assert isinstance(result, Failure)
+    return result.error
+
+
+def _shown(error: TokenError) -> list[str]:
+    return [str(error), repr(error), *(t or "" for t in (error.code, error.error, error.detail))]
+
+
+@PROPERTY
+@given(
+    secret=any_secret,
+    echo=st.sampled_from(sorted(hostile.ECHOES)),
+    status=st.sampled_from([200, 400, 401, 403, 429, 500, 503]),
+    field=st.sampled_from(ECHO_FIELDS),
+    ensure_ascii=st.booleans(),
+)
+@example(
+    secret='acc-SECRET-contraseña-ü-"quote"-back\\slash',
+    echo="as sent",
+    status=500,
+    field="message",
+    ensure_ascii=True,
+)
+def test_an_echoed_secret_never_shows_in_any_spelling(
+    secret: str, echo: str, status: int, field: str, ensure_ascii: bool
+) -> None:
+    """Any secret, echoed back in any encoding in any field, shows in no spelling.
+
+    A spelling may show only where the messages' own words hold it whatever the secret
+    (a secret ``e`` is in ``answered``): the same answer made with a stand-in secret says.
+    """
+    error = _echoed_error(secret, echo, status, field, ensure_ascii)
+    baseline = _echoed_error(BASELINE_SECRET, echo, status, field, ensure_ascii)
+    assert error.__traceback__ is None
+    for spelling in hostile.spellings(secret, CLIENT_ID):
+        for shown, words in zip(_shown(error), _shown(baseline), strict=True):
+            assert spelling not in shown or spelling in words, (spelling, shown)
+
+
+TOKEN_SPELLERS: dict[str, Callable[[str], str]] = {
+    "as it is": lambda value: value,
+    "json": lambda value: json.dumps(value)[1:-1],
+    "percent": lambda value: urllib.parse.quote(value, safe=""),
+    "form": urllib.parse.quote_plus,
+    "base64": lambda value: base64.b64encode(value.encode()).decode(),
+}
+
+
+@PROPERTY
+@given(
+    token=st.from_regex(r"[\x21-\x7e]{1,64}", fullmatch=True),
+    echo=st.sampled_from(sorted(TOKEN_SPELLERS)),
+    field=st.sampled_from(["message", "token_type"]),
+)
+def test_a_refused_answer_never_shows_its_token(token: str, echo: str, field: str) -> None:
+    """A 200 answer refused for a bad field never shows its own token, however spelled."""
+    spell = TOKEN_SPELLERS[echo]
+
+    def refused(value: str) -> TokenError:
+        payload: dict[str, Any] = {"access_token": value, "token_type": "Bearer"}
+        if field == "message":
+            payload.update(success=False, message=f"issued {spell(value)}")
+        else:
+            payload["token_type"] = f"MAC {spell(value)}"
+        result = read(200, encode(payload), {})
+        assert isinstance(result, Failure)
+        return result.error
+
+    error, baseline = refused(token), refused("stand-in-token")
+    for spelling in hostile.spellings(token, CLIENT_ID):
+        for shown, words in zip(_shown(error), _shown(baseline), strict=True):
+            assert spelling not in shown or spelling in words, (spelling, shown)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import math
+import urllib.parse
 from typing import Any
 
 import attrs
@@ -22,6 +24,7 @@ from payme_auth import (
     TokenRefusedError,
     TokenResponseError,
 )
+from payme_auth import _protocol as protocol
 from payme_auth._policy import effective_margin
 from payme_auth._protocol import (
     MAX_EXPIRES_IN,
@@ -33,6 +36,7 @@ from payme_auth._protocol import (
     clean_text,
     parse_retry_after,
     read_token_response,
+    spellings,
 )
 
 from .conftest import CLIENT_ID, CLIENT_SECRET, token_answer
@@ -751,6 +755,93 @@ def test_clean_text_scrubs_a_secret_hidden_by_control_characters() -> None:
     """A secret echoed with a control character for its space is still scrubbed."""
     secret = "abc def-SECRET"
     assert secret not in (clean_text("abc\x00def-SECRET", [secret]) or "")
+
+
+SPELLED_SECRET = 'contraseña-ü-"q"-back\\slash/x+y'
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        pytest.param(json.dumps({"client_secret": SPELLED_SECRET}), "client_secret", id="json"),
+        pytest.param(
+            json.dumps({"s": SPELLED_SECRET}, ensure_ascii=False), '"s"', id="json-unicode"
+        ),
+        pytest.param(
+            json.dumps({"s": SPELLED_SECRET}).replace("\\u00f1", "\\u00F1"), '"s"', id="upper-hex"
+        ),
+        pytest.param(json.dumps(json.dumps({"s": SPELLED_SECRET})), "s", id="json-twice"),
+        pytest.param(
+            "client_secret=" + urllib.parse.quote_plus(SPELLED_SECRET), "client_secret=", id="form"
+        ),
+        pytest.param("s=" + urllib.parse.quote(SPELLED_SECRET, safe=""), "s=", id="percent"),
+        pytest.param(
+            "Basic " + base64.b64encode(f"id:{SPELLED_SECRET}".encode()).decode(),
+            "Basic ",
+            id="basic-auth",
+        ),
+        pytest.param(
+            "x " + base64.urlsafe_b64encode(f"ab{SPELLED_SECRET}".encode()).decode().rstrip("="),
+            "x ",
+            id="base64-url-safe-shifted",
+        ),
+        pytest.param(SPELLED_SECRET.encode().decode("latin-1"), "", id="mojibake"),
+    ],
+)
+def test_clean_text_scrubs_every_spelling(text: str, kept: str) -> None:
+    """A secret JSON-escaped, URL-encoded, in base64 or as mojibake is scrubbed all the same,
+    and the text around it is kept."""
+    cleaned = clean_text(text, [SPELLED_SECRET]) or ""
+    assert "***" in cleaned
+    assert kept in cleaned
+    for spelling in spellings(SPELLED_SECRET):
+        assert spelling not in cleaned
+
+
+def test_runs_too_short_to_hold_a_secret_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of 256 KiB of short words, none is decoded as base64 (each was, costing 0.65 s): a
+    run shorter than 4/3 of the shortest secret cannot hold it. A long enough one is."""
+    tried: list[str] = []
+    hides = protocol._hides
+
+    def counting(run: str, needles: Any) -> bool:
+        tried.append(run)
+        return hides(run, needles)
+
+    monkeypatch.setattr(protocol, "_hides", counting)
+    clean_text("ab " * 87_000, ["TOKEN-SECRET-abc"])
+    assert tried == []
+    assert (
+        clean_text("Basic " + base64.b64encode(b"TOKEN-SECRET-abc").decode(), ["TOKEN-SECRET-abc"])
+        == "Basic ***"
+    )
+    assert len(tried) == 1
+
+
+def test_a_secret_cut_by_the_length_limit_is_scrubbed_first() -> None:
+    """A long text is scrubbed before it is cut: no half secret at the end."""
+    cleaned = clean_text("x" * 190 + SPELLED_SECRET, [SPELLED_SECRET]) or ""
+    assert cleaned.endswith("***")
+    assert SPELLED_SECRET[:5] not in cleaned
+
+
+def test_a_failed_answer_hides_its_own_token_and_has_no_traceback() -> None:
+    """An answer refused for its token type hides the token it carried, in any spelling, and
+    its error holds no frame (whose locals hold the answer)."""
+    token = "TOKEN-SECRET-abc/def+g=="
+    answer = token_answer(access_token=token, token_type=f"MAC {urllib.parse.quote(token)}")
+    result = read_token_response(
+        200,
+        {},
+        json.dumps(answer).encode(),
+        requested_scopes=["create:token"],
+        obtained_at=0.0,
+        now=0.0,
+    )
+    assert isinstance(result, Failure)
+    assert result.error.__traceback__ is None
+    assert "MAC ***" in str(result.error)
+    assert "TOKEN-SECRET" not in str(result.error)
 
 
 def test_clean_text_gives_a_single_line() -> None:

@@ -21,7 +21,7 @@ pytest.importorskip("redis")
 
 import redis.asyncio as aioredis
 
-from payme_auth import ConfigurationError, PaymeAuth
+from payme_auth import ConfigurationError, InvalidCredentialsError, PaymeAuth
 from payme_auth._store import SharedToken, store_key
 from payme_auth.redis import RedisTokenStore
 from payme_auth.testing import (
@@ -44,6 +44,7 @@ KEY = store_key(
     audience="https://api.example/",
     client_id="client",
     scopes=["create:token"],
+    client_secret="secret",
 )
 
 
@@ -275,6 +276,40 @@ async def test_slow_redis_falls_back_with_one_warning(
     assert len(warnings) == 1
     assert "token store failed (get: TimeoutError" in warnings[0].getMessage()
     await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_wrong_secret_never_takes_the_stored_token(
+    redis_server: RedisServer, raw: aioredis.Redis, emulator: EmulatorServer
+) -> None:
+    """A process with a mistyped secret, on the same Redis as the fleet, asks Pay-me itself
+    and is refused at once, instead of being handed the token fetched with the right secret.
+    Redis holds neither secret in any key or value."""
+    async with (
+        RedisTokenStore(redis_server.url, prefix="test:", timeout=1.0) as store,
+        PaymeAuth(
+            DEFAULT_CLIENT_ID,
+            DEFAULT_CLIENT_SECRET,
+            environment=emulator.environment,
+            store=store,
+        ) as right,
+        PaymeAuth(
+            DEFAULT_CLIENT_ID,
+            "mistyped-secret",
+            environment=emulator.environment,
+            store=store,
+        ) as wrong,
+    ):
+        with anyio.fail_after(10):
+            await right.get_token()
+            with pytest.raises(InvalidCredentialsError):
+                await wrong.get_token()
+    assert emulator.emulator.stats.token_requests == 2
+    keys = await raw.keys("*")
+    assert len(keys) == 1
+    stored = repr([(key, await raw.get(key)) for key in keys])
+    for secret in (DEFAULT_CLIENT_SECRET, "mistyped-secret", DEFAULT_CLIENT_ID):
+        assert secret not in stored
 
 
 # -- fleets of processes -------------------------------------------------------------------

@@ -3,8 +3,10 @@ the processes of a fleet (asyncio and trio)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +15,14 @@ import anyio
 import httpx
 import pytest
 
-from payme_auth import AccessToken, ConfigurationError, Environment, PaymeAuth, RetryPolicy
+from payme_auth import (
+    AccessToken,
+    ConfigurationError,
+    Environment,
+    InvalidCredentialsError,
+    PaymeAuth,
+    RetryPolicy,
+)
 from payme_auth import _store as store_module
 from payme_auth._store import MemoryTokenStore, SharedToken, TokenStore, lease_ttl, store_key
 
@@ -34,7 +43,8 @@ SKEW = store_module.CLOCK_SKEW
 
 def make_auth(clock: FakeClock, store: TokenStore, **kwargs: Any) -> PaymeAuth:
     kwargs.setdefault("retry", FAST_RETRY)
-    return PaymeAuth(CLIENT_ID, CLIENT_SECRET, clock=clock, store=store, **kwargs)
+    kwargs.setdefault("client_secret", CLIENT_SECRET)
+    return PaymeAuth(CLIENT_ID, clock=clock, store=store, **kwargs)
 
 
 def key_of(auth: PaymeAuth) -> str:
@@ -44,6 +54,7 @@ def key_of(auth: PaymeAuth) -> str:
         audience=environment.audience,
         client_id=CLIENT_ID,
         scopes=auth.scopes,
+        client_secret=CLIENT_SECRET,
     )
 
 
@@ -454,24 +465,78 @@ def test_no_token_value_in_repr() -> None:
 
 
 def test_store_keys_tell_apart_what_differs() -> None:
-    """The key depends on token URL, audience, client id and scopes (not their order)."""
+    """The key depends on token URL, audience, client id, scopes (not their order) and secret."""
 
     def key(
         token_url: str = "t",  # noqa: S107 - not a password
         audience: str = "a",
         client_id: str = "c",
         scopes: str = "x y",
+        secret: str = "s",  # noqa: S107 - not a password
     ) -> str:
         return store_key(
-            token_url=token_url, audience=audience, client_id=client_id, scopes=scopes.split()
+            token_url=token_url,
+            audience=audience,
+            client_id=client_id,
+            scopes=scopes.split(),
+            client_secret=secret,
         )
 
     assert key(scopes="y x") == key()
-    assert (
-        len({key(), key(token_url="u"), key(audience="b"), key(client_id="d"), key(scopes="x")})
-        == 5
+    variants = [
+        key(),
+        key(token_url="u"),
+        key(audience="b"),
+        key(client_id="d"),
+        key(scopes="x"),
+        key(secret="S"),
+        key(secret="s "),
+    ]
+    assert len(set(variants)) == len(variants)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", variant) for variant in variants)
+
+
+def test_store_key_shows_nothing_and_costs_a_scrypt_run() -> None:
+    """The key shows neither the secret nor the client id, and is not a plain hash of them.
+
+    A plain SHA-256 of the parts (the old scheme, or with the secret added) would let
+    whoever reads the store test guessed secrets at billions a second.
+    """
+    parts = ["t", "a", "client-id", "x"]
+    key = store_key(
+        token_url="t",
+        audience="a",
+        client_id="client-id",
+        scopes=["x"],
+        client_secret=CLIENT_SECRET,
     )
-    assert len(key()) == 32
+    assert CLIENT_SECRET not in key
+    assert "client-id" not in key
+    plain = [
+        hashlib.sha256("\n".join([*parts, CLIENT_SECRET]).encode()).hexdigest()[:32],
+        hashlib.sha256("\n".join([*parts, "x"]).encode()).hexdigest()[:32],
+        hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()[:32],
+    ]
+    assert key not in plain
+    salt = hashlib.sha256("\n".join(["payme_auth store key 2", *parts]).encode()).digest()
+    expected = hashlib.scrypt(CLIENT_SECRET.encode(), salt=salt, n=2**14, r=8, p=1, dklen=16)
+    assert key == expected.hex()
+
+
+async def test_a_wrong_secret_never_takes_the_fleets_token(
+    clock: FakeClock, server: TokenServer
+) -> None:
+    """A provider with another secret asks Pay-me itself instead of taking the stored token."""
+    store = MemoryTokenStore(clock)
+    async with (
+        make_auth(clock, store) as right,
+        make_auth(clock, store, client_secret="a-mistyped-secret") as wrong,
+    ):
+        assert (await right.get_token()).value in server.issued
+        server.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+        with pytest.raises(InvalidCredentialsError):
+            await wrong.get_token()
+    assert server.calls == 2
 
 
 async def test_memory_store_forgets_expired_tokens(clock: FakeClock) -> None:
