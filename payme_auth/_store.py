@@ -1,9 +1,10 @@
 """Sharing one token between processes: the store interface, and a store in memory.
 
 Rules:
-- A store keeps, under a *key*, at most one token and one fetch lease. The key is a hash of
-  the token URL, the audience, the client id and the scopes (see :func:`store_key`): never
-  of the secret, and never reversible into the client id.
+- A store keeps, under a *key*, at most one token and one fetch lease. The key is derived
+  with scrypt from the client secret, salted with a hash of the token URL, the audience,
+  the client id and the scopes (see :func:`store_key`): a wrong or rotated secret never
+  reads another secret's token, and the key reveals neither the secret nor the client id.
 - What is stored carries wall-clock times (seconds since the epoch): monotonic clocks differ
   between processes and hosts. A reader converts them to its own monotonic clock and, since
   the writer's wall clock may run ahead of its own, assumes the token expires
