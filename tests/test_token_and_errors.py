@@ -9,6 +9,8 @@ import hashlib
 import inspect
 import pickle
 import re
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -443,3 +445,26 @@ def test_version_is_a_string() -> None:
 def test_package_is_typed() -> None:
     """The package ships a py.typed marker."""
     assert (Path(inspect.getfile(payme_auth)).parent / "py.typed").is_file()
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """__version__ is a literal (free at import) that matches the package metadata."""
+    from importlib.metadata import version
+
+    assert payme_auth.__version__ == version("payme-auth")
+
+
+def test_import_does_not_read_package_metadata() -> None:
+    """Importing payme_auth leaves importlib.metadata unimported (it costs ~10 ms)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, payme_auth; print('importlib.metadata' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "False"
