@@ -1172,12 +1172,23 @@ async def test_a_synchronous_http_client_is_refused(plug: Plug) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [5, 2.5, httpx.Timeout(5.0), httpx.Timeout(1.0, connect=2.0, pool=3.0)]
+    ("value", "phases", "whole"),
+    [
+        (5, (5.0, 5.0, 5.0, 5.0), 5.0),
+        (2.5, (2.5, 2.5, 2.5, 2.5), 2.5),
+        (httpx.Timeout(5.0), (5.0, 5.0, 5.0, 5.0), 20.0),
+        (httpx.Timeout(1.0, connect=2.0, pool=3.0), (2.0, 1.0, 1.0, 3.0), 7.0),
+    ],
 )
-async def test_valid_timeouts_are_accepted(value: float | httpx.Timeout, plug: Plug) -> None:
-    """A positive number of seconds, or a Timeout that bounds every phase, is accepted."""
+async def test_valid_timeouts_bound_each_phase_and_the_whole_attempt(
+    value: float | httpx.Timeout, phases: tuple[float, ...], whole: float, plug: Plug
+) -> None:
+    """A number of seconds bounds each phase and the whole attempt; a Timeout bounds each of
+    its phases, and an attempt by their sum."""
     async with aclosing(plug.auth_class(CLIENT_ID, CLIENT_SECRET, timeout=value)) as auth:
-        assert auth.client_id == CLIENT_ID
+        timeout = auth._settings.http_timeout
+        assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == phases
+        assert auth._settings.attempt_timeout == whole
 
 
 @pytest.mark.parametrize("assumed", [None, 1, 300])
