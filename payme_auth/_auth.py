@@ -23,7 +23,7 @@ import httpx
 
 from ._config import Environment, Origin, Scope, env_settings, origin_of
 from ._errors import ConfigurationError
-from ._flow import auth_flow
+from ._flow import auth_flow, sync_auth_flow
 from ._policy import RetryPolicy
 from ._provider import TokenProvider
 from ._settings import Settings, TimeoutLike
@@ -136,6 +136,32 @@ class PaymeAuthBase:
         if token is not None:
             return token
         return await self._provider.get_token()
+
+    def get_token_sync(self) -> AccessToken:
+        """:meth:`get_token` for synchronous code (Django, Flask, Celery, threads).
+
+        Blocks the calling thread only. Threads share the cached token and one fetch
+        however many of them wait; the fetch runs in a thread of its own, so a thread that
+        is interrupted leaves nothing half-done. Sync and async callers of one PaymeAuth
+        share the same token.
+
+        Raises:
+            TokenError: no token could be obtained and none valid was cached.
+            AuthClosedError: :meth:`close` was called.
+        """
+        token = self._provider.cached()
+        if token is not None:
+            return token
+        return self._provider.get_token_sync()
+
+    def refresh_sync(self) -> AccessToken:
+        """:meth:`refresh` for synchronous code."""
+        return self._provider.refresh_sync()
+
+    def headers_sync(self) -> dict[str, str]:
+        """:meth:`headers` for synchronous code."""
+        token = self.get_token_sync()
+        return {"Authorization": token.authorization, "ALG-API-VERSION": self._api_version}
 
     async def refresh(self) -> AccessToken:
         """Fetch a new token now, even if the cached one is still good.
@@ -289,7 +315,7 @@ class PaymeAuth(PaymeAuthBase, httpx.Auth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        """Refuse synchronous clients: tokens are fetched asynchronously."""
-        raise ConfigurationError(
-            "PaymeAuth works with httpx.AsyncClient, not the synchronous httpx.Client"
+        """Authenticate *request* for httpx (called by :class:`httpx.Client`)."""
+        return sync_auth_flow(
+            request, self._provider, self._origins, self._api_version, httpx.ByteStream
         )

@@ -124,6 +124,16 @@ class _Loop:
         return key is None or (isinstance(key, asyncio.AbstractEventLoop) and key.is_closed())
 
 
+class _ThreadFlight:
+    """The fetch that callers with no event loop wait for, in a thread of its own."""
+
+    __slots__ = ("landed", "outcome")
+
+    def __init__(self) -> None:
+        self.landed = threading.Event()
+        self.outcome: tuple[AccessToken | Exception, TracebackType | None]
+
+
 def _current_loop() -> object | None:
     """The running event loop (asyncio's loop, or the trio run's token), or ``None``."""
     try:
@@ -178,6 +188,7 @@ class TokenProvider:
         self._renew_after = -math.inf  # no background renewal before this
         self._guard = threading.Lock()  # for what several threads change together
         self._loops: weakref.WeakKeyDictionary[object, _Loop] = weakref.WeakKeyDictionary()
+        self._thread_flight: _ThreadFlight | None = None  # for callers with no event loop
         self._closed = self._entered = False
         self._tokens_obtained = self._renewals = self._background_renewals = 0
         self._failed_fetches = self._failed_renewals = self._replays = 0
@@ -250,25 +261,82 @@ class TokenProvider:
         return await self._wait(forced=True)
 
     async def _wait(self, *, forced: bool) -> AccessToken:
+        return self._settle(*await self._outcome(forced=forced), forced=forced)
+
+    async def _outcome(
+        self, *, forced: bool, background: bool = False
+    ) -> tuple[AccessToken | Exception, TracebackType | None]:
+        """Wait for this loop's flight (starting one if none is in the air) and return its
+        outcome, or a later one's that landed while this caller queued."""
         if self._closed:
             raise AuthClosedError("this PaymeAuth is closed")
         loop = self._loop()
         arrived = loop.generation
-        flight = loop.flight or self._launch(loop, forced=forced)
+        flight = loop.flight or self._launch(loop, forced=forced, background=background)
         async with loop.lock:
             if loop.generation == arrived:  # nothing landed since we came: watch it land
                 await flight.landed.wait()
             outcome = loop.outcome
         if outcome is None:  # pragma: no cover - a landing always sets an outcome
             raise RuntimeError("a flight landed without an outcome")
-        result, traceback = outcome
+        return outcome
+
+    def _settle(
+        self, result: AccessToken | Exception, traceback: TracebackType | None, *, forced: bool
+    ) -> AccessToken:
+        """A flight's outcome for one caller: its token, else the still-valid cached token
+        (unless the caller forced a refresh), else its error."""
         if isinstance(result, AccessToken):
             return result
         if not forced and not self.closed and (token := self._valid()) is not None:
-            return token  # the flight failed, but the cached token is still good
+            return token
         # Every caller raises the one error; its traceback is restored each time, so that
         # it does not grow by one caller's frames after another.
         raise result.with_traceback(traceback)
+
+    # -- callers with no event loop --------------------------------------------------------
+
+    def get_token_sync(self) -> AccessToken:
+        """:meth:`get_token` for synchronous code: blocks this thread, never an event loop
+        of its own (the fetch runs in a thread of its own, with its own event loop)."""
+        token = self.cached()
+        if token is not None:
+            return token
+        return self._wait_sync(forced=False)
+
+    def refresh_sync(self) -> AccessToken:
+        """:meth:`refresh` for synchronous code."""
+        return self._wait_sync(forced=True)
+
+    def _wait_sync(self, *, forced: bool) -> AccessToken:
+        if self._closed:
+            raise AuthClosedError("this PaymeAuth is closed")
+        with self._guard:
+            flight = self._thread_flight or self._launch_thread(forced=forced)
+        flight.landed.wait()  # bounded: a flight's attempts and timeouts bound it
+        result, traceback = flight.outcome
+        return self._settle(result, traceback, forced=forced)
+
+    def _launch_thread(self, *, forced: bool = False, background: bool = False) -> _ThreadFlight:
+        """Start the flight of the callers with no event loop, in a thread of its own (under
+        the guard). Its fetch runs as any event loop's does, so close() cancels it too."""
+        flight = self._thread_flight = _ThreadFlight()
+
+        def fly() -> None:
+            outcome: tuple[AccessToken | Exception, TracebackType | None]
+            try:
+                outcome = asyncio.run(self._outcome(forced=forced, background=background))
+            except Exception as error:  # noqa: BLE001 - the flight's outcome, for its callers
+                outcome = (error, error.__traceback__)
+            finally:
+                with self._guard:
+                    if self._thread_flight is flight:
+                        self._thread_flight = None
+            flight.outcome = outcome
+            flight.landed.set()
+
+        threading.Thread(target=fly, name="payme_auth token fetch", daemon=True).start()
+        return flight
 
     def _loop(self) -> _Loop:
         """This event loop's share of the provider (made on its first need)."""
@@ -302,6 +370,11 @@ class TokenProvider:
         return flight
 
     def _renew_in_background(self) -> None:
+        if _current_loop() is None:  # a synchronous caller: the renewal runs in a thread
+            with self._guard:
+                if self._thread_flight is None:
+                    self._launch_thread(background=True)
+            return
         loop = self._loop()
         if loop.flight is None:
             self._launch(loop, background=True)
@@ -482,6 +555,7 @@ class TokenProvider:
         """In a child process after ``fork()``: the parent's flights are not ours to wait on."""
         self._guard = threading.Lock()
         self._loops = weakref.WeakKeyDictionary()
+        self._thread_flight = None
         self._renew_after = -math.inf
 
 

@@ -30,7 +30,7 @@ except ImportError as exc:
 
 from . import _auth
 from ._errors import ConfigurationError
-from ._flow import auth_flow, origin
+from ._flow import auth_flow, origin, sync_auth_flow
 
 __all__ = ["PaymeAuth"]
 
@@ -49,8 +49,7 @@ class PaymeAuth(_auth.PaymeAuthBase, httpx2.Auth):
                 response = await client.post("/charges", json=charge)
 
     *timeout* may be an :class:`httpx2.Timeout` too. *http_client*, which sends the token
-    requests, must be an :class:`httpx.AsyncClient` (token requests go through httpx). The
-    synchronous :class:`httpx2.Client` is refused, as httpx's is.
+    requests, must be an :class:`httpx.AsyncClient` (token requests go through httpx).
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -104,10 +103,9 @@ class PaymeAuth(_auth.PaymeAuthBase, httpx2.Auth):
     def sync_auth_flow(
         self, request: httpx2.Request
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        """Refuse synchronous clients: tokens are fetched asynchronously."""
-        raise ConfigurationError(
-            "payme_auth.httpx2.PaymeAuth works with httpx2.AsyncClient, "
-            "not the synchronous httpx2.Client"
+        """Authenticate *request* (called by :class:`httpx2.Client`)."""
+        return sync_auth_flow(
+            request, self._provider, self._origins, self._api_version, httpx2.ByteStream
         )
 
     def __repr__(self) -> str:

@@ -1111,21 +1111,6 @@ async def test_the_api_client_can_be_borrowed_for_tokens(
     assert tokens.calls == 1
 
 
-async def test_a_synchronous_client_is_refused(router: respx.MockRouter, plug: Plug) -> None:
-    """httpx.Client(auth=PaymeAuth(...)) raises ConfigurationError and sends nothing."""
-    route = router.get(f"{API}/refund").respond(200)
-
-    async with aclosing(plug.auth_class(CLIENT_ID, CLIENT_SECRET)) as auth:
-
-        def send_synchronously() -> None:
-            with plug.http.Client(auth=auth) as client:
-                client.get(f"{API}/refund")
-
-        with pytest.raises(ConfigurationError, match="AsyncClient"):
-            await anyio.to_thread.run_sync(send_synchronously)
-    assert route.call_count == 0
-
-
 # -- settings ----------------------------------------------------------------------------------
 
 

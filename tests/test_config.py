@@ -773,8 +773,9 @@ def test_constructor_accepts_valid_edge_values() -> None:
     assert make_auth(retry=policy)._settings.retry is policy
 
 
-def test_sync_client_is_refused_when_sending() -> None:
-    """httpx.Client(auth=PaymeAuth(...)) raises ConfigurationError on send; nothing is sent."""
+def test_a_sync_client_sends_no_token_to_another_origin() -> None:
+    """httpx.Client(auth=PaymeAuth(...)): a request to another origin goes out untouched,
+    and no token is fetched for it."""
     sent: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -783,8 +784,7 @@ def test_sync_client_is_refused_when_sending() -> None:
 
     auth = make_auth()
     with httpx.Client(auth=auth, transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(ConfigurationError, match=r"httpx\.AsyncClient, not the synchronous"):
-            client.get("https://api.preprod.alignet.io/charges")
-        with pytest.raises(ConfigurationError, match=r"synchronous httpx\.Client"):
-            client.get("https://elsewhere.example/")
-    assert sent == []
+        client.get("https://elsewhere.example/")
+    assert [request.headers.get("Authorization") for request in sent] == [None]
+    assert "ALG-API-VERSION" not in sent[0].headers
+    assert auth.stats().token_requests == 0

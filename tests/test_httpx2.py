@@ -134,23 +134,23 @@ async def test_httpx_is_left_as_it_is() -> None:
     assert not issubclass(payme_auth.PaymeAuth, httpx2.Auth)
 
 
-async def test_a_synchronous_client_is_refused() -> None:
-    """httpx2.Client(auth=...) raises ConfigurationError and sends nothing."""
-    sent: list[httpx2.Request] = []
+async def test_a_synchronous_client_gets_the_token() -> None:
+    """httpx2.Client(auth=...) gets both headers, the token fetched once for every request."""
+    with run_emulator() as server:
+        auth = PaymeAuth(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, environment=server.environment)
 
-    def answer(request: httpx2.Request) -> httpx2.Response:
-        sent.append(request)  # pragma: no cover - must not be reached
-        return httpx2.Response(200)  # pragma: no cover
+        def send_synchronously() -> list[int]:
+            with httpx2.Client(auth=auth, base_url=server.url) as client:
+                return [
+                    client.post(
+                        "/charges", json={"merchant_operation_number": f"{n:04d}"}
+                    ).status_code
+                    for n in range(3)
+                ]
 
-    async with aclosing(PaymeAuth(CLIENT_ID, CLIENT_SECRET)) as auth:
-
-        def send_synchronously() -> None:
-            with httpx2.Client(auth=auth, transport=httpx2.MockTransport(answer)) as client:
-                client.get(f"{API}/refund")
-
-        with pytest.raises(ConfigurationError, match=r"httpx2\.AsyncClient"):
-            await anyio.to_thread.run_sync(send_synchronously)
-    assert sent == []
+        assert await anyio.to_thread.run_sync(send_synchronously) == [200, 200, 200]
+        assert server.emulator.stats.token_requests == 1
+        auth.close()
 
 
 # -- settings that differ -------------------------------------------------------------------
