@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from payme_auth._config import env_settings
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -30,3 +32,25 @@ def test_readme_local_example_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "200 True\n"
+
+
+class _Recording(dict[str, str]):
+    """An environment that remembers every variable asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_readme_names_every_variable_from_env_reads() -> None:
+    """Each PAYME_* variable that from_env() reads is named in the README."""
+    environ = _Recording()
+    env_settings(environ)
+    assert {"PAYME_CLIENT_ID", "PAYME_TOKEN_URL", "PAYME_API_VERSION"} <= environ.asked
+    text = README.read_text(encoding="utf-8")
+    missing = sorted(name for name in environ.asked if f"`{name}`" not in text)
+    assert not missing, f"README.md does not name {missing}"
