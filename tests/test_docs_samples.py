@@ -15,6 +15,7 @@ import doctest
 import os
 import queue
 import re
+import runpy
 import signal
 import socket
 import subprocess
@@ -260,3 +261,19 @@ def test_tutorial_web_service_runs_from_the_page_alone(
     assert paid.status_code == 200, paid.text
     assert paid.json()["state"] == "AUTORIZADO"
     assert health.status_code == 200, health.text
+
+
+def test_the_docs_inventories_are_up_to_date() -> None:
+    """The intersphinx inventories kept in docs/_inventories are what make.py writes from
+    its list, and each name in them points at its project's public documentation."""
+    maker = runpy.run_path(str(DOCS / "_inventories" / "make.py"))
+    inventories = maker["INVENTORIES"]
+    assert {"python", "httpx"} <= set(inventories)
+    for stem, (project, version, names) in inventories.items():
+        written = (DOCS / "_inventories" / f"{stem}.inv").read_bytes()
+        assert written == maker["render"](project, version, names), (
+            f"run {DOCS}/_inventories/make.py"
+        )
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    for stem in inventories:
+        assert f'"_inventories/{stem}.inv"' in conf, stem
