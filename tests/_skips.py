@@ -33,8 +33,8 @@ _CAUSES = (
     (
         "httpx2 is not installed",
         (
-            "httpx2 not installed: {n} httpx2 variants skipped "
-            "(`nox -s httpx2` runs them, or `pip install -e '.[test,httpx2]'`)"
+            "httpx2 not installed: {n} httpx2 tests skipped (the httpx2 variants of "
+            "tests/test_auth_flow.py, and tests/test_httpx2.py): `nox -s httpx2` runs them"
         ),
     ),
     (

@@ -107,7 +107,7 @@ def test_a_plain_run_says_what_it_left_out(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, skipped=5, deselected=1)
     result.stdout.fnmatch_lines(
         [
-            "httpx2 not installed: 3 httpx2 variants skipped (`nox -s httpx2` runs them*",
+            "httpx2 not installed: 3 httpx2 tests skipped (*): `nox -s httpx2` runs them",
             "redis-server not installed: 1 Redis tests skipped*",
             "1 other test skipped (`-rs` says why)",
             "1 slow test not run (*): `python -m pytest --run-slow` runs them*",
