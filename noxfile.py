@@ -5,6 +5,9 @@ typing, docs), ``nox -l`` to list them, or ``nox -s NAME`` for one of them
 (``nox -s soak`` for the minute-long soak test, which is not a default).
 Arguments after ``--`` go to pytest in the ``tests`` and ``soak`` sessions, e.g.
 ``nox -s tests-3.11 -- -k refresh -x``.
+
+Every test session runs the whole suite: ``--run-slow`` adds the tests a plain
+``pytest`` (the README's quick command) leaves out, those marked ``slow``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def tests(session: nox.Session) -> None:
     data_file = Path(session.create_tmp()).resolve() / ".coverage"
     env = {"COVERAGE_FILE": str(data_file)}
     session.run("coverage", "erase", env=env)
-    session.run("coverage", "run", "-m", "pytest", *session.posargs, env=env)
+    session.run("coverage", "run", "-m", "pytest", "--run-slow", *session.posargs, env=env)
     session.run("coverage", "combine", env=env)
     session.run("coverage", "report", env=env)
 
@@ -50,7 +53,9 @@ def tests(session: nox.Session) -> None:
 def httpx2(session: nox.Session) -> None:
     """Run the plug's shared tests and the httpx2 plug's own tests with httpx2 installed."""
     session.install("-e", ".[test,httpx2]")
-    session.run("pytest", "tests/test_auth_flow.py", "tests/test_httpx2.py", *session.posargs)
+    session.run(
+        "pytest", "--run-slow", "tests/test_auth_flow.py", "tests/test_httpx2.py", *session.posargs
+    )
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -88,7 +93,9 @@ def soak(session: nox.Session) -> None:
     of the default sessions, and not part of the plain ``pytest`` run.
     """
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/soak", "-p", "no:cacheprovider", "-q", *session.posargs)
+    session.run(
+        "pytest", "tests/soak", "--run-slow", "-p", "no:cacheprovider", "-q", *session.posargs
+    )
 
 
 @nox.session(python=MAIN_PYTHON)

@@ -24,15 +24,18 @@ from ._cli import (
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    CommandError,
     Finding,
     debug_logging,
+    is_wrong_url,
     report_error,
+    wrong_url_text,
 )
 from ._cli_check import run_check, write_findings
 from ._cli_emulator import EmulatorOptions, serve_emulator
 from ._cli_settings import CredentialOptions, resolve
 from ._cli_token import TokenOptions, run_token
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, TokenRefusedError
 
 __all__ = [
     "EXIT_BAD_ANSWER",
@@ -46,13 +49,20 @@ __all__ = [
 ]
 
 _EPILOG = """\
-exit codes: 0 ok, 1 other failure, 2 usage or bad configuration, 3 refused by the token
-endpoint (credentials, scope, audience), 4 token endpoint unavailable, 5 unusable token
-answer, 130 interrupted"""
+exit codes: 0 ok, 1 other failure, 2 usage or bad configuration (a wrong token URL
+too), 3 refused by the token endpoint (credentials, scope, audience), 4 token endpoint
+unavailable, 5 unusable token answer, 130 interrupted"""
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
@@ -83,7 +93,7 @@ def _rate(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be from 0 to 65535, not {value}")
     return value
@@ -131,7 +141,8 @@ def _add_credentials(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line's parser, and each command's own parser by name."""
     # --debug is accepted before and after the command; SUPPRESS keeps the command's
     # parser from resetting a --debug given before it.
     debug = argparse.ArgumentParser(add_help=False)
@@ -227,7 +238,20 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="the event loop"
     )
     demo.add_argument("--verbose", action="store_true", help="show payme_auth's log")
-    return parser
+    return parser, {"token": token, "check": check, "emulator": emulator, "demo": demo}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse *argv*; an argument a command does not know is told with that command's usage.
+
+    (argparse alone hands unknown arguments up to the top-level parser, whose usage
+    says nothing of the command's own options.)
+    """
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def _run(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -279,6 +303,11 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     resolution = resolve(credentials, os.environ, sys.stdin)
     secrets.extend(resolution.secrets)
+    if args.command == "token":
+        # Before anything is sent: a misspelt scope is otherwise only refused by the server.
+        for finding in resolution.findings:
+            if finding.is_warning:
+                err.write(f"payme-auth: warning: {finding.text}\n")
     if args.command == "check":
         findings = list(resolution.findings)
         if resolution.settings is None:
@@ -296,12 +325,19 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
     options = TokenOptions(
         show_token=args.show_token, as_json=args.json, timeout=args.timeout, attempts=args.attempts
     )
-    return anyio.run(lambda: run_token(settings, options, out))
+    try:
+        return anyio.run(lambda: run_token(settings, options, out))
+    except TokenRefusedError as error:
+        if not is_wrong_url(error) or error.status_code is None:
+            raise
+        url = settings.environment.token_url
+        text = wrong_url_text(url, error.status_code, settings.url_fix)
+        raise CommandError(text, exit_code=EXIT_USAGE) from error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with *argv* (default: ``sys.argv[1:]``); return the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     debug = bool(getattr(args, "debug", False))
     secrets: list[str] = []
     try:

@@ -36,13 +36,16 @@ __all__ = [
     "EXIT_REFUSED",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "WRONG_URL_STATUSES",
     "CommandError",
     "Finding",
     "debug_logging",
     "exit_code_for",
     "format_expiry",
+    "is_wrong_url",
     "report_error",
     "scrub",
+    "wrong_url_text",
 ]
 
 EXIT_OK = 0
@@ -130,10 +133,11 @@ def report_error(error: BaseException, err: TextIO, *, secrets: Iterable[str], d
 
 @attrs.frozen(kw_only=True)
 class Finding:
-    """One line of ``payme-auth check``: something found fine, a problem, or a note.
+    """One line of ``payme-auth check``: something found fine, a problem, a warning, or a note.
 
     Attributes:
-        mark: ``"ok"``, ``"problem"`` or ``"note"`` (a note changes no exit code).
+        mark: ``"ok"``, ``"problem"``, ``"warning"`` or ``"note"`` (a warning or a note
+            changes no exit code).
         text: what was found, in plain words, with no secret in it.
         exit_code: for a problem, the exit code it calls for.
     """
@@ -153,6 +157,11 @@ class Finding:
         return cls(mark="problem", text=text, exit_code=exit_code)
 
     @classmethod
+    def warning(cls, text: str) -> Finding:
+        """Something that is allowed but looks wrong (a scope Pay-me does not document)."""
+        return cls(mark="warning", text=text)
+
+    @classmethod
     def note(cls, text: str) -> Finding:
         """Something worth saying that is neither fine nor wrong."""
         return cls(mark="note", text=text)
@@ -162,9 +171,33 @@ class Finding:
         """Whether this finding is a problem."""
         return self.mark == "problem"
 
+    @property
+    def is_warning(self) -> bool:
+        """Whether this finding is a warning."""
+        return self.mark == "warning"
+
     def line(self) -> str:
         """The finding as printed: the mark, padded, then the text."""
         return f"{self.mark:<8} {self.text}"
+
+
+WRONG_URL_STATUSES = {404: "Not Found", 405: "Method Not Allowed"}
+"""Token endpoint statuses that mean the token URL itself is wrong, not the credentials."""
+
+
+def is_wrong_url(error: BaseException) -> bool:
+    """Whether *error* is the token endpoint's answer that its URL is wrong (HTTP 404, 405)."""
+    return isinstance(error, TokenRefusedError) and error.status_code in WRONG_URL_STATUSES
+
+
+def wrong_url_text(url: str, status: int, fix: str) -> str:
+    """Say that *url* answered *status* (404 or 405) because it is the wrong URL; *fix* is
+    where the URL came from, as "check ..." words."""
+    reason = WRONG_URL_STATUSES.get(status, "")
+    return (
+        f"the token URL {url} answered HTTP {status} {reason}: there is no token endpoint "
+        f"at that URL; check {fix}"
+    )
 
 
 def format_expiry(remaining: float, now: datetime.datetime) -> tuple[datetime.datetime, str]:

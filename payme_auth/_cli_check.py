@@ -6,6 +6,8 @@ Rules:
 - The token endpoint is then asked directly, one request at a time and never retried, so
   that what is wrong is seen as it is: the transport error (DNS, connection, TLS, timeout)
   or the HTTP answer, and its ``Date`` header, which the provider does not keep.
+- HTTP 404 or 405 means the token URL is wrong, not the credentials: a configuration
+  problem, naming where the URL came from.
 - A refusal (HTTP 401 or 403) is taken apart: one request with ``create:token`` alone
   tells refused credentials from refused scopes, then one per other scope names each
   scope refused. A 400 that speaks of the audience is an audience mismatch.
@@ -35,7 +37,10 @@ from ._cli import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
+    EXIT_USAGE,
     Finding,
+    is_wrong_url,
+    wrong_url_text,
 )
 from ._cli_settings import Settings
 from ._config import Scope, proxy_problem
@@ -285,6 +290,9 @@ def _answer_findings(probe: _Probe, settings: Settings) -> tuple[list[Finding], 
         )
     if isinstance(error, (InvalidCredentialsError, InsufficientScopeError)):
         return [], True
+    if is_wrong_url(error) and probe.status is not None:
+        text = wrong_url_text(settings.environment.token_url, probe.status, settings.url_fix)
+        return [Finding.problem(text, EXIT_USAGE)], False
     if isinstance(error, TokenRefusedError):
         if "audience" in (error.detail or "").lower():
             return [
@@ -354,9 +362,11 @@ def write_findings(findings: Sequence[Finding], out: TextIO) -> int:
     for finding in findings:
         out.write(finding.line() + "\n")
     problems = sum(finding.is_problem for finding in findings)
-    checked = sum(finding.mark != "note" for finding in findings)
+    warnings = sum(finding.is_warning for finding in findings)
+    checked = sum(finding.mark == "ok" for finding in findings)
+    also = f", {warnings} warning{'s' if warnings > 1 else ''}" if warnings else ""
     if problems:
-        out.write(f"summary: {problems} problem{'s' if problems > 1 else ''} found\n")
+        out.write(f"summary: {problems} problem{'s' if problems > 1 else ''} found{also}\n")
     else:
-        out.write(f"summary: all {checked} checks passed\n")
+        out.write(f"summary: all {checked} checks passed{also}\n")
     return exit_code_of(findings)

@@ -7,23 +7,31 @@ Rules:
   0: being stopped is how it is meant to end.
 - The URLs printed are ones a client can use: a wildcard address (``0.0.0.0``, ``::``)
   is printed as the loopback address of the same family.
+- Each request served is printed on one line (the time, method, path, status and client
+  id: never a secret nor a token), and the counters are printed when it stops, so that
+  a test run against it can be read afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import shlex
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import attrs
 
 from ._cli import EXIT_OK, CommandError
 
-__all__ = ["EmulatorOptions", "serve_emulator"]
+if TYPE_CHECKING:
+    from .testing import EmulatorStats
+
+__all__ = ["EmulatorOptions", "counters_line", "serve_emulator"]
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - a mapping
 
@@ -47,6 +55,47 @@ class EmulatorOptions:
 def _client_url(host: str, port: int) -> str:
     host = _WILDCARDS.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _LineHandler(logging.Handler):
+    """Write each record to *out* as one line, and flush: the lines follow the requests."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.DEBUG)
+        self.out = out
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.out.write(self.format(record) + "\n")
+            self.out.flush()
+        except Exception:  # noqa: BLE001 - a closed stdout must not break the server
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _request_lines(out: TextIO) -> Iterator[None]:
+    """While active, write the emulator's request log to *out*."""
+    from .testing._emulator import logger
+
+    handler = _LineHandler(out)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def counters_line(stats: EmulatorStats) -> str:
+    """The counters printed when the emulator stops."""
+    return (
+        f"served: token requests {stats.token_requests}, tokens issued {stats.tokens_issued}, "
+        f"token requests refused or failed {stats.token_failures}, API requests "
+        f"{stats.api_requests}, API 401s {stats.api_unauthorized}, API 403s {stats.api_forbidden}"
+    )
 
 
 def serve_emulator(
@@ -120,9 +169,12 @@ def serve_emulator(
         out.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in exports.items())
         out.write(f"ready: {url} (stop with Ctrl-C or SIGTERM)\n")
         out.flush()
-        _wait(stopping)
+        with _request_lines(out):
+            _wait(stopping)
         out.write("stopping the Pay-me emulator\n")
         out.flush()
+    out.write(counters_line(emulator.stats) + "\n")
+    out.flush()
     return EXIT_OK
 
 

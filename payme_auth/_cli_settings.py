@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import difflib
 import getpass
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,10 +23,18 @@ import httpx
 
 from ._auth import PaymeAuth
 from ._cli import EXIT_USAGE, Finding
-from ._config import Environment, env_settings, normalize_scopes
+from ._config import DEFAULT_SCOPES, Environment, env_settings, normalize_scopes
 from ._errors import ConfigurationError
 
-__all__ = ["CredentialOptions", "Resolution", "Settings", "audience_mismatch", "resolve"]
+__all__ = [
+    "CredentialOptions",
+    "Resolution",
+    "Settings",
+    "audience_mismatch",
+    "resolve",
+    "scope_warning",
+    "token_url_fix",
+]
 
 _SECRET_FILE_LIMIT = 4096
 _ENV_VARIABLES = ("PAYME_ENVIRONMENT", "PAYME_TOKEN_URL", "PAYME_AUDIENCE", "PAYME_API_VERSION")
@@ -66,12 +75,15 @@ class Settings:
         client_secret: the client secret (never shown).
         environment: where tokens come from and which API they are for.
         scopes: the scopes to request, ``create:token`` first.
+        url_fix: what to check when the token URL turns out wrong (the flag or variables
+            it came from), as words that follow "check".
     """
 
     client_id: str
     client_secret: str = attrs.field(repr=False)
     environment: Environment
     scopes: tuple[str, ...]
+    url_fix: str = "the environment: PAYME_ENVIRONMENT, or PAYME_TOKEN_URL with PAYME_AUDIENCE"
 
 
 @attrs.frozen(kw_only=True)
@@ -169,6 +181,38 @@ def _environment(options: CredentialOptions, environ: Mapping[str, str]) -> tupl
     return environment, source
 
 
+def token_url_fix(source: str) -> str:
+    """What to check when the token URL from *source* (as :func:`resolve` names it) is wrong."""
+    if source.startswith("--token-url"):
+        return "--token-url"
+    if "PAYME_TOKEN_URL" in source:
+        return "PAYME_TOKEN_URL in the environment"
+    if source == "--environment":
+        return "--environment, or give --token-url with --audience"
+    if "PAYME_ENVIRONMENT" in source:
+        return "PAYME_ENVIRONMENT in the environment, or set PAYME_TOKEN_URL with PAYME_AUDIENCE"
+    return "the environment: PAYME_ENVIRONMENT, or PAYME_TOKEN_URL with PAYME_AUDIENCE"
+
+
+def scope_warning(scope: str) -> str | None:
+    """Say that *scope* is not a scope Pay-me documents, with the documented one it is
+    closest to, if any; ``None`` for a documented scope.
+
+    Unknown scopes stay allowed (Pay-me may add some): this is a warning, not a problem.
+    """
+    if scope in DEFAULT_SCOPES:
+        return None
+    near = difflib.get_close_matches(scope.lower(), DEFAULT_SCOPES, n=1, cutoff=0.8)
+    if near:
+        guess = f"did you mean {near[0]}?"
+    else:
+        guess = f"the documented scopes are {' '.join(DEFAULT_SCOPES)}"
+    return (
+        f"scope {scope!r} is not one Pay-me documents ({guess}); it is sent as given, "
+        "and the token endpoint may refuse it"
+    )
+
+
 def audience_mismatch(environment: Environment) -> str | None:
     """Tell whether a known Pay-me token host is paired with another environment's audience.
 
@@ -241,11 +285,13 @@ def resolve(options: CredentialOptions, environ: Mapping[str, str], stdin: TextI
         findings.append(Finding.ok(f"client secret {source} (not shown)"))
 
     environment: Environment | None = None
+    url_fix = token_url_fix("")
     try:
         environment, source = _environment(options, environ)
     except ConfigurationError as exc:
         problem(str(exc))
     else:
+        url_fix = token_url_fix(source)
         findings.append(
             Finding.ok(
                 f"environment {environment.name} (from {source}): token URL "
@@ -264,6 +310,8 @@ def resolve(options: CredentialOptions, environ: Mapping[str, str], stdin: TextI
         problem(str(exc))
     else:
         findings.append(Finding.ok(f"scopes to request: {' '.join(scopes)}"))
+        warnings = (scope_warning(scope) for scope in scopes)
+        findings.extend(Finding.warning(text) for text in warnings if text is not None)
 
     settings: Settings | None = None
     if (
@@ -274,6 +322,8 @@ def resolve(options: CredentialOptions, environ: Mapping[str, str], stdin: TextI
         and not any(finding.is_problem for finding in findings)
     ):
         settings = _validated(client_id, secret, environment, scopes, problem)
+        if settings is not None:
+            settings = attrs.evolve(settings, url_fix=url_fix)
     return Resolution(findings=tuple(findings), settings=settings, secrets=tuple(secrets))
 
 

@@ -153,3 +153,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     every thread's stack is dumped and the process exits with an error.
     """
     faulthandler.dump_traceback_later(60, exit=True)
+
+
+# A plain run deselects the slow tests and says in one line per cause what was skipped.
+from ._skips import (  # noqa: E402, F401
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+)

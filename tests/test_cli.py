@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 import payme_auth.__main__ as cli
-from payme_auth import Environment, PaymeAuth, RetryPolicy
+from payme_auth import Environment, InvalidCredentialsError, PaymeAuth, RetryPolicy
 from payme_auth._cli import Finding, format_expiry
 from payme_auth._cli_check import (
     clock_skew,
@@ -43,6 +43,11 @@ from .conftest import CLIENT_ID, CLIENT_SECRET, token_answer
 
 main = cli.main
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+ONE_TOKEN_SERVED = (
+    "served: token requests 1, tokens issued 1, token requests refused or failed 0, "
+    "API requests 0, API 401s 0, API 403s 0"
+)
+"""The emulator's last line after one token request."""
 LIMITED_ID = "limited-client"
 """An emulator client that may get ``get:charges`` only."""
 
@@ -124,8 +129,9 @@ def test_exit_codes_are_distinct_and_documented(capsys: pytest.CaptureFixture[st
         main(["token", "--help"])
     helped = " ".join(capsys.readouterr().out.split())
     assert (
-        "exit codes: 0 ok, 1 other failure, 2 usage or bad configuration, 3 refused by the "
-        "token endpoint (credentials, scope, audience), 4 token endpoint unavailable, "
+        "exit codes: 0 ok, 1 other failure, 2 usage or bad configuration (a wrong token URL "
+        "too), 3 refused by the token endpoint (credentials, scope, audience), 4 token "
+        "endpoint unavailable, "
         "5 unusable token answer, 130 interrupted"
     ) in helped
     docs = DOCS.read_text(encoding="utf-8")
@@ -367,6 +373,119 @@ def test_bad_values_of_flags_are_usage_errors(
     with pytest.raises(SystemExit) as exited:
         main(["token", "--timeout", "0"])
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "case", [("/tokn", 404, "Not Found"), ("/charges/a/b", 405, "Method Not Allowed")]
+)
+def test_wrong_token_url_is_a_configuration_error(
+    env: dict[str, str],
+    server: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, int, str],
+) -> None:
+    """A token URL answering 404 or 405: token and check exit 2 naming PAYME_TOKEN_URL."""
+    path, status, reason = case
+    url = server.url + path
+    monkeypatch.setenv("PAYME_TOKEN_URL", url)
+    said = (
+        f"the token URL {url} answered HTTP {status} {reason}: there is no token endpoint "
+        "at that URL; check PAYME_TOKEN_URL in the environment"
+    )
+    code, out, err = run(["token"], capsys)
+    assert (code, out, err) == (cli.EXIT_USAGE, "", f"payme-auth: error: {said}\n")
+    code, out, err = run(["check"], capsys)
+    assert code == cli.EXIT_USAGE
+    assert f"problem  {said}\n" in out
+    assert "refused" not in out
+    assert_no_secret(server, out, err)
+
+
+def test_wrong_token_url_names_the_flag_it_came_from(
+    env: dict[str, str], server: EmulatorServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong --token-url is told as that flag, not as a variable."""
+    argv = ["token", "--token-url", server.url + "/oauth/token", "--audience", server.audience]
+    code, _, err = run(argv, capsys)
+    assert code == cli.EXIT_USAGE
+    assert err.endswith("there is no token endpoint at that URL; check --token-url\n")
+
+
+def test_misspelt_scope_is_warned_before_sending(
+    env: dict[str, str],
+    server: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """PAYME_SCOPES=post:charge: token warns first with "did you mean post:charges", check too."""
+    monkeypatch.setenv("PAYME_SCOPES", "post:charge")
+    before = server.emulator.stats.token_requests
+    code, out, err = run(["token"], capsys)
+    assert code == cli.EXIT_REFUSED
+    first, *_ = err.splitlines()
+    assert first == (
+        "payme-auth: warning: scope 'post:charge' is not one Pay-me documents (did you mean "
+        "post:charges?); it is sent as given, and the token endpoint may refuse it"
+    )
+    assert server.emulator.stats.token_requests > before  # sent all the same
+    code, out, _ = run(["check"], capsys)
+    assert code == cli.EXIT_REFUSED
+    lines = out.splitlines()
+    assert "warning  scope 'post:charge' is not one Pay-me documents" in "\n".join(lines)
+    assert lines[-1] == "summary: 1 problem found, 1 warning"
+
+
+def test_unknown_scope_is_allowed_with_a_warning(
+    env: dict[str, str], server: EmulatorServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scope Pay-me does not document, but grants: a token, exit 0, one warning line."""
+    server.emulator.add_client("new-scope-client", CLIENT_SECRET, scopes=["refund:charges"])
+    argv = ["token", "--client-id", "new-scope-client", "--scope", "refund:charges"]
+    code, out, err = run(argv, capsys)
+    assert code == cli.EXIT_OK
+    assert "scopes:      create:token refund:charges\n" in out
+    assert err == (
+        "payme-auth: warning: scope 'refund:charges' is not one Pay-me documents (the "
+        "documented scopes are create:token post:charges get:charges delete:charges); it is "
+        "sent as given, and the token endpoint may refuse it\n"
+    )
+    code, out, _ = run(
+        ["check", "--client-id", "new-scope-client", "--scope", "refund:charges"], capsys
+    )
+    assert code == cli.EXIT_OK
+    assert out.splitlines()[-1].endswith("checks passed, 1 warning")
+
+
+def test_documented_scopes_get_no_warning(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The four documented scopes, in any order: no warning at all."""
+    argv = ["token", "--scope", "delete:charges,get:charges post:charges create:token"]
+    code, _, err = run(argv, capsys)
+    assert (code, err) == (cli.EXIT_OK, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["token", "--jsn"], "token"),
+        (["check", "--show-token"], "check"),
+        (["emulator", "--port", "x"], "emulator"),
+        (["demo", "--requests", "0"], "demo"),
+    ],
+)
+def test_argument_errors_show_the_commands_usage(
+    argv: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong argument of a command prints that command's usage, not the top-level one."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: payme-auth {command} [-h]")
+    assert f"payme-auth {command}: error: " in err
+    assert "COMMAND" not in err
 
 
 def test_debug_shows_the_traceback_and_the_log_without_secrets(
@@ -840,7 +959,65 @@ def test_emulator_serves_until_stopped() -> None:
         stop.set()
         worker.join(10)
     assert not worker.is_alive()
-    assert out.getvalue().endswith("stopping the Pay-me emulator\n")
+    lines = out.getvalue().splitlines()
+    assert lines[-2:] == [
+        "stopping the Pay-me emulator",
+        ONE_TOKEN_SERVED,
+    ]
+    [logged] = [line for line in lines if " POST /token " in line]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d POST /token 200 client=compose-client", logged)
+
+
+def test_emulator_prints_a_line_per_request_and_the_counters() -> None:
+    """Each token and API request is one line without secrets; the counters come at the end."""
+    out = io.StringIO()
+    stop = threading.Event()
+    options = EmulatorOptions(port=0)
+    worker = threading.Thread(target=lambda: serve_emulator(options, out, stop=stop))
+    worker.start()
+    issued: list[str] = []
+    try:
+        deadline = time.monotonic() + 10
+        while "ready: " not in out.getvalue():
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.01)
+        base = re.search(r"^ready: (\S+) ", out.getvalue(), re.MULTILINE)
+        assert base is not None
+        url = base[1]
+
+        async def traffic() -> None:
+            environment = Environment(token_url=f"{url}/token", audience=f"{url}/")
+            async with (
+                PaymeAuth("demo-client-id", "demo-client-secret", environment=environment) as auth,
+                httpx.AsyncClient(base_url=url, auth=auth) as api,
+                httpx.AsyncClient(base_url=url) as bare,
+            ):
+                issued.append((await auth.get_token()).value)
+                assert (await api.get("/charges/M1/0001/T1")).status_code == 200
+                assert (await bare.get("/charges/M1/0001/T1")).status_code == 401
+                refused = PaymeAuth("demo-client-id", "not-the-secret", environment=environment)
+                async with refused:
+                    with pytest.raises(InvalidCredentialsError):
+                        await refused.get_token()
+
+        anyio.run(traffic)
+    finally:
+        stop.set()
+        worker.join(10)
+    text = out.getvalue()
+    served = [line.split(" ", 1)[1] for line in text.splitlines() if re.match(r"\d\d:", line)]
+    assert served == [
+        "POST /token 200 client=demo-client-id",
+        "GET /charges/M1/0001/T1 200 client=demo-client-id",
+        "GET /charges/M1/0001/T1 401 client=-",
+        "POST /token 401 client=demo-client-id",
+    ]
+    assert text.endswith(
+        "served: token requests 2, tokens issued 1, token requests refused or failed 1, "
+        "API requests 2, API 401s 1, API 403s 0\n"
+    )
+    assert "not-the-secret" not in text
+    assert issued[0] not in text
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -887,6 +1064,10 @@ def test_emulator_process_stops_cleanly_on_a_signal(stop_signal: signal.Signals)
         finally:
             if process.poll() is None:
                 process.kill()
-    out = "".join(received.get_nowait() for _ in range(received.qsize()))
-    assert out == "stopping the Pay-me emulator\n"
+    out = "".join(received.get_nowait() for _ in range(received.qsize())).splitlines()
+    assert out[0].endswith(" POST /token 200 client=demo-client-id")
+    assert out[1:] == [
+        "stopping the Pay-me emulator",
+        ONE_TOKEN_SERVED,
+    ]
     assert "Traceback" not in err

@@ -15,7 +15,9 @@ import doctest
 import os
 import queue
 import re
+import runpy
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 import attrs
+import httpx
 import pytest
 
 from payme_auth.testing import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, EmulatorServer
@@ -199,3 +202,78 @@ def test_worker_sample_stops_gracefully_on_sigterm(emulator_server: EmulatorServ
     found = re.fullmatch(r"(\d+) jobs done with 1 token request\(s\)\n", out)
     assert found, out
     assert int(found[1]) >= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_tutorial_web_service_runs_from_the_page_alone(
+    emulator_server: EmulatorServer, tmp_path: Path
+) -> None:
+    """Step 7 of the tutorial works outside a checkout: the code shown, saved as the page
+    says, served with the page's uvicorn command, takes a payment and reports its health."""
+    pytest.importorskip("fastapi")
+    text = (DOCS / "tutorial.md").read_text(encoding="utf-8")
+    step = text[text.index("## 7. A web service") :]
+    shown = re.search(
+        r"```\{literalinclude\} (?P<path>\S+)\n(?P<options>(?::[\w-]+:.*\n)*)```", step
+    )
+    assert shown, "step 7 no longer includes the app"
+    saved_as = re.search(r"Save it as `(\w+)\.py`", step)
+    assert saved_as, "step 7 no longer says where to save the app"
+    code = (DOCS / shown["path"]).read_text(encoding="utf-8")
+    start = re.search(r"^:start-at: (.+)$", shown["options"], re.MULTILINE)
+    if start:
+        code = code[code.index(start[1]) :]
+    (tmp_path / f"{saved_as[1]}.py").write_text(code, encoding="utf-8")
+    [command] = re.findall(r"^\$ (uvicorn .+)$", step, re.MULTILINE)
+    port = _free_port()
+    argv = [sys.executable, "-m", *command.replace("--port 8000", f"--port {port}").split()]
+    assert str(port) in argv, f"the page's command no longer serves on port 8000: {command}"
+    env = _emulator_env(emulator_server)
+    env.pop("PYTHONPATH", None)
+    with subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                while True:
+                    assert process.poll() is None, process.communicate()[0]
+                    assert time.monotonic() < deadline, "the tutorial's service did not start"
+                    try:
+                        paid = client.post("/pay", json={"amount": "10.00"})
+                        break
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+                health = client.get("/health/payme")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["state"] == "AUTORIZADO"
+    assert health.status_code == 200, health.text
+
+
+def test_the_docs_inventories_are_up_to_date() -> None:
+    """The intersphinx inventories kept in docs/_inventories are what make.py writes from
+    its list, and each name in them points at its project's public documentation."""
+    maker = runpy.run_path(str(DOCS / "_inventories" / "make.py"))
+    inventories = maker["INVENTORIES"]
+    assert {"python", "httpx"} <= set(inventories)
+    for stem, (project, version, names) in inventories.items():
+        written = (DOCS / "_inventories" / f"{stem}.inv").read_bytes()
+        assert written == maker["render"](project, version, names), (
+            f"run {DOCS}/_inventories/make.py"
+        )
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    for stem in inventories:
+        assert f'"_inventories/{stem}.inv"' in conf, stem

@@ -1147,3 +1147,34 @@ def test_startup_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TimeoutError, match="did not start"), run_emulator(startup_timeout=0.05):
         pass  # pragma: no cover
     assert not emulator_threads()
+
+
+async def test_each_request_is_logged_on_one_line_without_secrets(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request served gets one DEBUG line: method, path, status, client id; never a
+    secret nor a token, and a client id that is not printable is escaped."""
+    caplog.set_level(logging.DEBUG, logger="payme_auth.testing.emulator")
+    token = await get_token(client)
+    await client.get("/charges/M1/0001/T1", headers=bearer(token))
+    await client.get("/charges/M1/0001/T1", headers=API_HEADERS)
+    await post_token(client, token_body(client_secret=WRONG_SECRET))
+    await post_token(client, token_body(client_id="evil\nclient"))
+    await client.post("/tokn")
+    lines = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "payme_auth.testing.emulator"
+    ]
+    assert lines == [
+        f"POST /token 200 client={DEFAULT_CLIENT_ID}",
+        f"GET /charges/M1/0001/T1 200 client={DEFAULT_CLIENT_ID}",
+        "GET /charges/M1/0001/T1 401 client=-",
+        f"POST /token 401 client={DEFAULT_CLIENT_ID}",
+        "POST /token 401 client=evil\\nclient",
+        "POST /tokn 404 client=-",
+    ]
+    text = "\n".join(lines)
+    assert token not in text
+    assert WRONG_SECRET not in text
+    assert DEFAULT_CLIENT_SECRET not in text

@@ -18,6 +18,9 @@ Rules:
 - Served from another thread, the app shares its state with the test driving it: that state
   sits behind one ``threading.Lock``, never held across an ``await``.
 - Waiting is ``anyio.sleep``, so the app runs under asyncio and trio alike.
+- Every request is logged once it is answered, on one line at DEBUG on the
+  ``payme_auth.testing.emulator`` logger: method, path, status and the client id (from the
+  token request's body, or the bearer token's grant). Never a secret, never a token.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import collections
 import hmac
 import json
+import logging
 import random
 import secrets
 import threading
@@ -61,7 +65,11 @@ DEFAULT_CLIENT_ID = "demo-client-id"
 DEFAULT_CLIENT_SECRET = "demo-client-secret"
 """The client secret a :class:`PaymeEmulator` accepts unless told otherwise."""
 
+logger = logging.getLogger("payme_auth.testing.emulator")
+"""One DEBUG line per request served (``payme-auth emulator`` prints them)."""
+
 _CREATE_TOKEN = "create:token"
+_LOGGED_CHARS = 120
 _TOKEN_FIELDS = {"action", "grant_type", "audience", "client_id", "client_secret", "scope"}
 _UNKNOWN_CLIENT_SECRET = secrets.token_bytes(32)
 # Number of path segments after "/charges" -> (method, scope needed, Pay-me action).
@@ -109,6 +117,32 @@ _KNOBS = (
 class _Grant:
     scopes: frozenset[str]
     expires_at: float
+    client_id: str
+
+
+@attrs.define
+class _Served:
+    """What one request got, for its log line."""
+
+    status: int | None = None
+    client_id: str | None = None
+
+
+def _loggable(text: str) -> str:
+    """*text* made safe for one log line: printable, and not too long."""
+    if not text.isprintable():
+        text = ascii(text)[1:-1]
+    return text if len(text) <= _LOGGED_CHARS else text[: _LOGGED_CHARS - 3] + "..."
+
+
+def _client_of(body: bytes | None) -> str | None:
+    """The ``client_id`` a token request's body names, if it names one."""
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return None
+    client_id = data.get("client_id") if isinstance(data, dict) else None
+    return client_id if isinstance(client_id, str) else None
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -266,6 +300,26 @@ class PaymeEmulator:
                 return
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
+        served = _Served()
+
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                served.status = message["status"]
+            await send(message)
+
+        try:
+            await self._route(scope, receive, send_and_note, served)
+        finally:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s %s %s client=%s",
+                    _loggable(str(scope["method"])),
+                    _loggable(str(scope["path"])),
+                    served.status or "-",
+                    _loggable(served.client_id) if served.client_id else "-",
+                )
+
+    async def _route(self, scope: Message, receive: Receive, send: Send, served: _Served) -> None:
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
@@ -281,14 +335,20 @@ class PaymeEmulator:
         elif method != route[0]:
             await send_json(send, 405, {"message": "Method Not Allowed"}, [("allow", route[0])])
         elif not route[1]:
-            await self._token_endpoint(scope, headers, receive, send)
+            await self._token_endpoint(scope, headers, receive, send, served)
         else:
-            await self._api(headers, receive, send, route[1:], segments[1:])
+            await self._api(headers, receive, send, route[1:], segments[1:], served=served)
 
     async def _token_endpoint(
-        self, scope: Message, headers: Mapping[str, str], receive: Receive, send: Send
+        self,
+        scope: Message,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+        served: _Served,
     ) -> None:
         body = await read_body(receive)
+        served.client_id = _client_of(body)
         with self._lock:
             self._counts["token_requests"] += 1
             fault = self._faults.popleft() if self._faults else None
@@ -353,7 +413,7 @@ class PaymeEmulator:
         with self._lock:
             now = self.clock()
             self._tokens = {t: g for t, g in self._tokens.items() if g.expires_at > now}
-            self._tokens[token] = _Grant(frozenset(requested), now + lifetime)
+            self._tokens[token] = _Grant(frozenset(requested), now + lifetime, data["client_id"])
             self._counts["tokens_issued"] += 1
         return 200, {
             "action": "authorize",
@@ -381,12 +441,15 @@ class PaymeEmulator:
         send: Send,
         route: tuple[str, str],
         params: list[str],
+        *,
+        served: _Served,
     ) -> None:
         body = await read_body(receive)
         self._count("api_requests")
         await anyio.sleep(self.api_latency)
         needed, action = route
         grant = self._grant_for(headers.get("authorization"))
+        served.client_id = None if grant is None else grant.client_id
         if grant is None:
             self._count("api_unauthorized")
             challenge = [("www-authenticate", 'Bearer error="invalid_token"')]

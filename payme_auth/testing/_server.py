@@ -71,18 +71,18 @@ class EmulatorServer:
 
     @property
     def url(self) -> str:
-        """The base URL, without a trailing slash: ``"http://127.0.0.1:54321"``."""
+        """The base URL, such as ``"http://127.0.0.1:54321"`` (no trailing slash)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
     @property
     def token_url(self) -> str:
-        """The token endpoint: :attr:`url` + ``"/token"``."""
+        """The token endpoint, :attr:`url` followed by ``"/token"``."""
         return f"{self.url}/token"
 
     @property
     def audience(self) -> str:
-        """The audience the emulator expects (unless it was given one): :attr:`url` + ``"/"``."""
+        """The audience the emulator expects unless given one, :attr:`url` followed by ``"/"``."""
         return f"{self.url}/"
 
     @property

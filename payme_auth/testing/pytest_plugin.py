@@ -7,26 +7,46 @@ Opt-in: enable it in a ``conftest.py`` at the root of your tests::
 or on the command line with ``-p payme_auth.testing.pytest_plugin``. Needs
 ``payme-auth[testing]`` (respx for the mock, uvicorn for the emulator).
 
-Fixtures:
+Fixtures (ask for them by name, as test arguments):
 
-``payme_token_mock``
-    A started :class:`~payme_auth.testing.PaymeTokenMock`: Pay-me's token URLs answered
-    in-process by respx. Your own respx routes (``respx_mock``) keep serving everything
-    else. Queued answers left unused fail the test, unless it failed already.
-``payme_emulator``
-    The running :class:`~payme_auth.testing.EmulatorServer` (a Pay-me emulator on a
-    loopback port), put back as it was built before each test.
-``payme_emulator_session``
-    The same server, once per session and never reset: what ``payme_emulator`` resets.
-``payme_environment``
-    The :class:`~payme_auth.Environment` pointing at the emulator.
-``payme_credentials``
-    The emulator's :class:`~payme_auth.testing.Credentials`.
-``payme_auth_factory``
-    A :class:`PaymeAuthFactory`: ``payme_auth_factory(**settings)`` builds a
-    :class:`~payme_auth.PaymeAuth` bound to the emulator; each one is closed after the test.
-``payme_auth``
-    One such :class:`~payme_auth.PaymeAuth`, not entered.
+.. py:data:: payme_token_mock
+   :type: ~payme_auth.testing.PaymeTokenMock
+
+   A started :class:`~payme_auth.testing.PaymeTokenMock`: Pay-me's token URLs answered
+   in-process by respx. Your own respx routes (``respx_mock``) keep serving everything
+   else. Queued answers left unused fail the test, unless it failed already.
+
+.. py:data:: payme_emulator
+   :type: ~payme_auth.testing.EmulatorServer
+
+   The running :class:`~payme_auth.testing.EmulatorServer` (a Pay-me emulator on a
+   loopback port), put back as it was built before each test.
+
+.. py:data:: payme_emulator_session
+   :type: ~payme_auth.testing.EmulatorServer
+
+   The same server, once per session and never reset: what ``payme_emulator`` resets.
+
+.. py:data:: payme_environment
+   :type: ~payme_auth.Environment
+
+   The :class:`~payme_auth.Environment` pointing at the emulator.
+
+.. py:data:: payme_credentials
+   :type: ~payme_auth.testing.Credentials
+
+   The emulator's :class:`~payme_auth.testing.Credentials`.
+
+.. py:data:: payme_auth_factory
+   :type: PaymeAuthFactory
+
+   ``payme_auth_factory(**settings)`` builds a :class:`~payme_auth.PaymeAuth` bound to
+   the emulator; each one is closed after the test.
+
+.. py:data:: payme_auth
+   :type: ~payme_auth.PaymeAuth
+
+   One such :class:`~payme_auth.PaymeAuth`, not entered.
 
 The fixtures are synchronous on purpose: they work the same under anyio's pytest plugin
 (asyncio and trio, whatever ``anyio_backend`` says), pytest-asyncio or pytest-trio, and
@@ -59,7 +79,7 @@ __all__ = [
 ]
 
 TEST_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=1.0)
-"""The retry policy of :func:`payme_auth_factory`'s PaymeAuth: three attempts, short waits.
+"""The retry policy of :data:`payme_auth_factory`'s PaymeAuth: three attempts, short waits.
 
 A test of a ``Retry-After`` longer than a second needs a policy of its own.
 """
