@@ -61,7 +61,15 @@ nitpicky = True
 nitpick_ignore = [
     # The private sentinel type of PaymeTokenMock.issue()'s "not given" default.
     ("py:class", "payme_auth.testing._mock._Default"),
+    # What `timeout` accepts besides seconds: httpx.Timeout or anything with its four phases
+    # (httpx2.Timeout); the PaymeAuth docstring says so in words.
+    ("py:class", "TimeoutLike"),
+    # The type variable of from_env(): the class it is called on.
+    ("py:class", "payme_auth._auth._Auth"),
 ]
+# `PaymeAuth` names both plugs (payme_auth's and payme_auth.httpx2's); in a signature the one
+# of the module at hand is meant, which Sphinx finds but still reports as ambiguous.
+suppress_warnings = ["ref.python"]
 
 # intersphinx, offline: (the public documentation, the inventory kept here).
 intersphinx_mapping = {

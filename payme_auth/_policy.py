@@ -63,7 +63,7 @@ class RetryPolicy:
     fetch at once: nothing waits for minutes inside a request.
 
     Background renewals follow it too; after a renewal failed, the next one waits for the
-    renewal pause (:func:`renewal_pause`).
+    renewal pause (see the rules of this module).
 
     Attributes:
         attempts: the most requests one fetch makes (1 disables retries).

@@ -36,7 +36,7 @@ __all__ = ["PaymeAuth"]
 
 
 class PaymeAuth(_auth.PaymeAuthBase, httpx2.Auth):
-    """Access tokens for the Pay-me API, as the ``auth`` of an :class:`httpx2.AsyncClient`.
+    """Access tokens for the Pay-me API, as the ``auth`` of an ``httpx2.AsyncClient``.
 
     The same arguments, methods and behaviour as :class:`payme_auth.PaymeAuth`::
 
@@ -48,7 +48,7 @@ class PaymeAuth(_auth.PaymeAuthBase, httpx2.Auth):
             ) as client:
                 response = await client.post("/charges", json=charge)
 
-    *timeout* may be an :class:`httpx2.Timeout` too. *http_client*, which sends the token
+    *timeout* may be an ``httpx2.Timeout`` too. *http_client*, which sends the token
     requests, must be an :class:`httpx.AsyncClient` (token requests go through httpx).
 
     Raises:
@@ -95,7 +95,7 @@ class PaymeAuth(_auth.PaymeAuthBase, httpx2.Auth):
     def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        """Authenticate *request* (called by :class:`httpx2.AsyncClient`)."""
+        """Authenticate *request* (called by ``httpx2.AsyncClient``)."""
         return auth_flow(
             request, self._provider, self._origins, self._api_version, httpx2.ByteStream
         )
@@ -103,7 +103,7 @@ class PaymeAuth(_auth.PaymeAuthBase, httpx2.Auth):
     def sync_auth_flow(
         self, request: httpx2.Request
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        """Authenticate *request* (called by :class:`httpx2.Client`)."""
+        """Authenticate *request* (called by ``httpx2.Client``)."""
         return sync_auth_flow(
             request, self._provider, self._origins, self._api_version, httpx2.ByteStream
         )
