@@ -51,10 +51,16 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=MAIN_PYTHON)
 def httpx2(session: nox.Session) -> None:
-    """Run the plug's shared tests and the httpx2 plug's own tests with httpx2 installed."""
+    """Run the tests that need httpx2 (the plugs' shared tests, the httpx2 plug's own, the
+    aiohttp middleware over the httpx2 plug) with httpx2 installed."""
     session.install("-e", ".[test,httpx2]")
     session.run(
-        "pytest", "--run-slow", "tests/test_auth_flow.py", "tests/test_httpx2.py", *session.posargs
+        "pytest",
+        "--run-slow",
+        "tests/test_auth_flow.py",
+        "tests/test_httpx2.py",
+        "tests/test_aiohttp.py",
+        *session.posargs,
     )
 
 

@@ -212,7 +212,10 @@ async def test_repr_shows_no_secret(auth: PaymeAuth) -> None:
 
 async def test_accepts_the_httpx2_plug(auth: PaymeAuth, emulator_server: EmulatorServer) -> None:
     """Given the httpx2 plug, the middleware uses the same token and stats as its PaymeAuth."""
-    httpx2_plug = pytest.importorskip("payme_auth.httpx2").PaymeAuth.from_auth(auth)
+    pytest.importorskip("httpx2", reason="httpx2 is not installed (payme-auth[httpx2])")
+    from payme_auth.httpx2 import PaymeAuth as Httpx2PaymeAuth
+
+    httpx2_plug = Httpx2PaymeAuth.from_auth(auth)
     token = await auth.get_token()
     async with session_for(httpx2_plug) as session:
         status, _ = await call(session, "POST", f"{emulator_server.url}/charges", json=charge(1))
