@@ -21,7 +21,7 @@ from typing import TextIO
 import attrs
 import httpx
 
-from ._auth import PaymeAuth
+from . import _settings
 from ._cli import EXIT_USAGE, Finding
 from ._config import DEFAULT_SCOPES, Environment, env_settings, normalize_scopes
 from ._errors import ConfigurationError
@@ -335,8 +335,10 @@ def _validated(
     problem: Callable[[str], None],
 ) -> Settings | None:
     try:
-        # The same checks PaymeAuth makes (lengths, spaces, printable characters).
-        PaymeAuth(client_id, secret, environment=environment, scopes=scopes)
+        # The checks every PaymeAuth is made with (lengths, spaces, printable characters).
+        _settings.Settings(
+            client_id=client_id, client_secret=secret, environment=environment, scopes=scopes
+        )
     except ConfigurationError as exc:
         problem(str(exc))
         return None
