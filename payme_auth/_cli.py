@@ -27,6 +27,7 @@ from ._errors import (
     TokenRefusedError,
     TokenResponseError,
 )
+from ._log import attached
 
 __all__ = [
     "EXIT_BAD_ANSWER",
@@ -74,8 +75,6 @@ EXIT_BAD_ANSWER = 5
 
 EXIT_INTERRUPTED = 130
 """Interrupted with Ctrl-C (SIGINT), as shells report it."""
-
-logger = logging.getLogger("payme_auth")
 
 
 class CommandError(Exception):
@@ -228,12 +227,5 @@ def debug_logging(err: TextIO, *, enabled: bool) -> Iterator[None]:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler = logging.NullHandler()
-    previous = logger.level
-    logger.addHandler(handler)
-    if enabled:
-        logger.setLevel(logging.DEBUG)
-    try:
+    with attached(handler, level=logging.DEBUG if enabled else None):
         yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)

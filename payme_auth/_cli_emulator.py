@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 import attrs
 
 from ._cli import EXIT_OK, CommandError
+from ._log import attached
 
 if TYPE_CHECKING:
     from .testing import EmulatorStats
@@ -78,15 +79,8 @@ def _request_lines(out: TextIO) -> Iterator[None]:
     """While active, write the emulator's request log to *out*."""
     from .testing._emulator import logger
 
-    handler = _LineHandler(out)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with attached(_LineHandler(out), to=logger, level=logging.DEBUG):
         yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
 
 
 def counters_line(stats: EmulatorStats) -> str:
