@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+import respx
 
 from payme_auth import Environment, RetryPolicy
 from payme_auth.testing import PaymeTokenMock
@@ -102,13 +103,22 @@ def secrets_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 @pytest.fixture
-def token_mock(request: pytest.FixtureRequest) -> Iterator[PaymeTokenMock]:
-    """Pay-me preprod's token URL answered by the public PaymeTokenMock, on a respx router
-    of its own that lets no other request out; the tokens it makes up carry TOKEN_MARK.
+def token_router() -> respx.MockRouter | None:
+    """The respx router that token_mock adds its route to: by default none, for a router of
+    its own; a module whose API routes are on a router of its own overrides this."""
+    return None
+
+
+@pytest.fixture
+def token_mock(
+    request: pytest.FixtureRequest, token_router: respx.MockRouter | None
+) -> Iterator[PaymeTokenMock]:
+    """Pay-me preprod's token URL answered by the public PaymeTokenMock; the tokens it makes
+    up carry TOKEN_MARK. On a router of its own, it lets no other request out.
 
     Answers queued and never asked for fail a test that passed otherwise.
     """
-    mock = PaymeTokenMock(Environment.PREPROD, token_prefix=TOKEN_MARK)
+    mock = PaymeTokenMock(Environment.PREPROD, router=token_router, token_prefix=TOKEN_MARK)
     failed_before = request.session.testsfailed
     mock.start()
     yield mock
