@@ -133,7 +133,7 @@ async def eventually(
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting after {within:g} s for {what}")
-        await anyio.sleep(0.002)
+        await anyio.sleep(0.005)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
