@@ -1,20 +1,21 @@
-"""Shared fixtures: both async backends, a fake clock, canned token answers, a scripted token
-endpoint, and a guard that no secret reaches a log record."""
+"""Shared fixtures: both async backends, a fake clock, canned token answers, the token
+endpoint mocked, a polling helper, and a guard that no secret reaches a log record."""
 
 from __future__ import annotations
 
 import faulthandler
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 import respx
 
 from payme_auth import Environment, RetryPolicy
+from payme_auth.testing import PaymeTokenMock
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "CLIENT-SECRET-s3cr3t"
@@ -101,49 +102,38 @@ def secrets_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         assert TOKEN_MARK not in text, f"token value in log record: {record!r}"
 
 
-class TokenServer:
-    """A scripted token endpoint: answers in order, optionally held at a gate."""
-
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.route = router.post(TOKEN_URL)
-        self.route.side_effect = self._answer
-        self.answers: list[Callable[[], httpx.Response] | httpx.Response | Exception] = []
-        self.gate: anyio.Event | None = None
-        self.arrived = 0
-        self.issued: list[str] = []
-
-    @property
-    def calls(self) -> int:
-        return self.route.call_count
-
-    def hold(self) -> None:
-        """Make the next requests wait until release() is called."""
-        self.gate = anyio.Event()
-
-    def release(self) -> None:
-        assert self.gate is not None
-        self.gate.set()
-
-    async def _answer(self, request: httpx.Request) -> httpx.Response:
-        self.arrived += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        answer = self.answers.pop(0) if self.answers else None
-        if isinstance(answer, Exception):
-            raise answer
-        if isinstance(answer, httpx.Response):
-            return answer
-        if answer is not None:
-            return answer()
-        body = token_answer()
-        self.issued.append(body["access_token"])
-        return httpx.Response(200, json=body)
+@pytest.fixture
+def token_router() -> respx.MockRouter | None:
+    """The respx router that token_mock adds its route to: by default none, for a router of
+    its own; a module whose API routes are on a router of its own overrides this."""
+    return None
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[TokenServer]:
-    with respx.mock(assert_all_called=False) as router:
-        yield TokenServer(router)
+def token_mock(
+    request: pytest.FixtureRequest, token_router: respx.MockRouter | None
+) -> Iterator[PaymeTokenMock]:
+    """Pay-me preprod's token URL answered by the public PaymeTokenMock; the tokens it makes
+    up carry TOKEN_MARK. On a router of its own, it lets no other request out.
+
+    Answers queued and never asked for fail a test that passed otherwise.
+    """
+    mock = PaymeTokenMock(Environment.PREPROD, router=token_router, token_prefix=TOKEN_MARK)
+    failed_before = request.session.testsfailed
+    mock.start()
+    yield mock
+    mock.stop(check=request.session.testsfailed == failed_before)
+
+
+async def eventually(
+    condition: Callable[[], object], what: str = "the condition", within: float = 5.0
+) -> None:
+    """Poll *condition* until it holds; fail, saying *what* was awaited, after *within* s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {within:g} s for {what}")
+        await anyio.sleep(0.005)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

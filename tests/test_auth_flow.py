@@ -34,13 +34,14 @@ from payme_auth import (
     TokenEndpointUnavailableError,
     TokenResponseError,
 )
+from payme_auth.testing import PaymeTokenMock
 
 from .conftest import (
     API,
     CLIENT_ID,
     CLIENT_SECRET,
     FAST_RETRY,
-    TOKEN_URL,
+    TOKEN_MARK,
     FakeClock,
     token_answer,
 )
@@ -60,40 +61,6 @@ OTHER = "https://other.example"
 AuthFactory = Callable[..., Awaitable["AnyAuth"]]
 
 
-class TokenEndpoint:
-    """The token endpoint on a respx route: a fresh token per request, or scripted answers."""
-
-    def __init__(self, router: respx.MockRouter, url: str = TOKEN_URL) -> None:
-        self.route = router.post(url)
-        self.route.side_effect = self._answer
-        self.issued: list[str] = []
-        self.answers: list[httpx.Response] = []
-        self.arrived = 0
-        self.gate: anyio.Event | None = None
-        self.delay = 0.0
-
-    @property
-    def calls(self) -> int:
-        return self.route.call_count
-
-    def bearer(self, index: int) -> str:
-        """The Authorization header value for the index-th token handed out."""
-        return f"Bearer {self.issued[index]}"
-
-    async def _answer(self, request: httpx.Request) -> httpx.Response:
-        self.arrived += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.delay:
-            delay, self.delay = self.delay, 0.0
-            await anyio.sleep(delay)
-        if self.answers:
-            return self.answers.pop(0)
-        body = token_answer()
-        self.issued.append(body["access_token"])
-        return httpx.Response(200, json=body)
-
-
 @pytest.fixture
 def router() -> Iterator[respx.MockRouter]:
     """respx in front of every request: an unrouted request fails the test."""
@@ -102,9 +69,9 @@ def router() -> Iterator[respx.MockRouter]:
 
 
 @pytest.fixture
-def tokens(router: respx.MockRouter) -> TokenEndpoint:
-    """Pay-me's preprod token endpoint, handing out a fresh token on each request."""
-    return TokenEndpoint(router)
+def token_router(router: respx.MockRouter) -> respx.MockRouter:
+    """The token mock's route goes on the router of the API routes (see conftest.token_mock)."""
+    return router
 
 
 @pytest.fixture
@@ -214,6 +181,11 @@ async def auth(make_auth: AuthFactory) -> AnyAuth:
     return await make_auth()
 
 
+def bearer(mock: PaymeTokenMock, index: int) -> str:
+    """The Authorization header value for the index-th token the mock handed out."""
+    return f"Bearer {mock.tokens[index]}"
+
+
 def sent(route: respx.Route, index: int = -1) -> httpx.Request:
     """The request a route received (the last one by default)."""
     request: httpx.Request = route.calls[index].request
@@ -233,42 +205,42 @@ def unauthorized(request: httpx.Request) -> httpx.Response:
 
 
 async def test_flow_adds_both_headers_and_ends_on_200(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """The flow yields the request with Bearer and ALG-API-VERSION, and ends on a 200."""
     request = plug.http.Request("GET", f"{API}/charges/m/1/2")
     flow = auth.async_auth_flow(request)
     sent_request = await flow.__anext__()
     assert sent_request is request
-    assert sent_request.headers["Authorization"] == tokens.bearer(0)
+    assert sent_request.headers["Authorization"] == bearer(token_mock, 0)
     assert sent_request.headers["ALG-API-VERSION"] == "1709847567"
     with pytest.raises(StopAsyncIteration):
         await flow.asend(plug.http.Response(200, request=sent_request))
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_flow_replays_a_401_once_with_a_new_token(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """A 401 yields the request again with a new token; a second 401 ends the flow."""
     request = plug.http.Request("POST", f"{API}/charges", json={"amount": 100})
     flow = auth.async_auth_flow(request)
     first = await flow.__anext__()
-    assert first.headers["Authorization"] == tokens.bearer(0)
+    assert first.headers["Authorization"] == bearer(token_mock, 0)
     replay = await flow.asend(plug.http.Response(401, request=first))
     assert replay is request
-    assert tokens.calls == 2
-    assert replay.headers["Authorization"] == tokens.bearer(1)
-    assert tokens.bearer(0) != tokens.bearer(1)
+    assert token_mock.call_count == 2
+    assert replay.headers["Authorization"] == bearer(token_mock, 1)
+    assert bearer(token_mock, 0) != bearer(token_mock, 1)
     assert replay.headers["ALG-API-VERSION"] == "1709847567"
     with pytest.raises(StopAsyncIteration):
         await flow.asend(plug.http.Response(401, request=replay))
-    assert tokens.calls == 2
-    assert (await auth.get_token()).value == tokens.issued[1]
+    assert token_mock.call_count == 2
+    assert (await auth.get_token()).value == token_mock.tokens[1]
 
 
 async def test_flow_ends_after_a_successful_replay(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """After the replay, a 200 ends the flow and the new token stays cached."""
     flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
@@ -276,27 +248,27 @@ async def test_flow_ends_after_a_successful_replay(
     replay = await flow.asend(plug.http.Response(401, request=first))
     with pytest.raises(StopAsyncIteration):
         await flow.asend(plug.http.Response(200, request=replay))
-    assert tokens.calls == 2
-    assert (await auth.headers())["Authorization"] == tokens.bearer(1)
-    assert tokens.calls == 2
+    assert token_mock.call_count == 2
+    assert (await auth.headers())["Authorization"] == bearer(token_mock, 1)
+    assert token_mock.call_count == 2
 
 
 @pytest.mark.parametrize("status", [200, 400, 403, 404, 500])
 async def test_flow_ends_on_anything_but_401(
-    auth: AnyAuth, tokens: TokenEndpoint, status: int, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, status: int, plug: Plug
 ) -> None:
     """Any answer other than 401 ends the flow at once, with no new token."""
     flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
     first = await flow.__anext__()
     with pytest.raises(StopAsyncIteration):
         await flow.asend(plug.http.Response(status, request=first))
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
     assert auth.invalidate(await auth.get_token()) is True
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_flow_passes_a_foreign_request_through(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """A request to another origin is yielded untouched, and its 401 ends the flow."""
     request = plug.http.Request("GET", f"{OTHER}/api")
@@ -307,11 +279,11 @@ async def test_flow_passes_a_foreign_request_through(
     assert "ALG-API-VERSION" not in yielded.headers
     with pytest.raises(StopAsyncIteration):
         await flow.asend(plug.http.Response(401, request=yielded))
-    assert tokens.calls == 0
+    assert token_mock.call_count == 0
 
 
 async def test_flow_keeps_the_request_alg_api_version(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """An ALG-API-VERSION the request already carries is kept, on the replay too."""
     request = plug.http.Request("GET", f"{API}/refund", headers={"alg-api-version": "42"})
@@ -320,35 +292,37 @@ async def test_flow_keeps_the_request_alg_api_version(
     assert first.headers.get_list("ALG-API-VERSION") == ["42"]
     replay = await flow.asend(plug.http.Response(401, request=first))
     assert replay.headers.get_list("ALG-API-VERSION") == ["42"]
-    assert replay.headers["Authorization"] == tokens.bearer(1)
+    assert replay.headers["Authorization"] == bearer(token_mock, 1)
     await flow.aclose()
 
 
 async def test_flow_overrides_an_authorization_already_set(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """A stale Authorization on the request is replaced by exactly one Bearer header."""
     request = plug.http.Request("GET", f"{API}/refund", headers={"Authorization": "Bearer stale"})
     flow = auth.async_auth_flow(request)
     first = await flow.__anext__()
-    assert first.headers.get_list("Authorization") == [tokens.bearer(0)]
+    assert first.headers.get_list("Authorization") == [bearer(token_mock, 0)]
     await flow.aclose()
 
 
 async def test_flows_that_failed_with_one_token_share_one_renewal(
-    auth: AnyAuth, tokens: TokenEndpoint, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, plug: Plug
 ) -> None:
     """A 401 for a token already replaced reuses the newer token instead of dropping it."""
     first_flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/a"))
     second_flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/b"))
     first = await first_flow.__anext__()
     second = await second_flow.__anext__()
-    assert first.headers["Authorization"] == second.headers["Authorization"] == tokens.bearer(0)
+    assert (
+        first.headers["Authorization"] == second.headers["Authorization"] == bearer(token_mock, 0)
+    )
     first_replay = await first_flow.asend(plug.http.Response(401, request=first))
     second_replay = await second_flow.asend(plug.http.Response(401, request=second))
-    assert first_replay.headers["Authorization"] == tokens.bearer(1)
-    assert second_replay.headers["Authorization"] == tokens.bearer(1)
-    assert tokens.calls == 2
+    assert first_replay.headers["Authorization"] == bearer(token_mock, 1)
+    assert second_replay.headers["Authorization"] == bearer(token_mock, 1)
+    assert token_mock.call_count == 2
     await first_flow.aclose()
     await second_flow.aclose()
 
@@ -357,7 +331,7 @@ async def test_flows_that_failed_with_one_token_share_one_renewal(
 
 
 async def test_every_api_request_carries_bearer_and_api_version(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """GET, POST and DELETE to the API all carry the Bearer token and ALG-API-VERSION."""
     async with plug.client(base_url=API, auth=auth) as client:
@@ -370,14 +344,14 @@ async def test_every_api_request_carries_bearer_and_api_version(
     assert [response.status_code for response in responses] == [200, 200, 200, 200]
     assert api.call_count == 4
     for call in api.calls:
-        assert call.request.headers.get_list("Authorization") == [tokens.bearer(0)]
+        assert call.request.headers.get_list("Authorization") == [bearer(token_mock, 0)]
         assert call.request.headers.get_list("ALG-API-VERSION") == ["1709847567"]
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 @pytest.mark.parametrize("where", ["request", "client"])
 async def test_an_api_version_already_set_is_kept(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, where: str, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, where: str, plug: Plug
 ) -> None:
     """An ALG-API-VERSION set on the request or as a client default is sent as it is."""
     defaults = {"ALG-API-VERSION": "1600000000"} if where == "client" else {}
@@ -386,28 +360,28 @@ async def test_an_api_version_already_set_is_kept(
         response = await client.get("/refund", headers=per_request)
     assert response.status_code == 200
     assert sent(api).headers.get_list("ALG-API-VERSION") == ["1600000000"]
-    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+    assert sent(api).headers["Authorization"] == bearer(token_mock, 0)
 
 
 async def test_token_is_fetched_once_for_sequential_requests(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """Fifty sequential API requests share one token request."""
     async with plug.client(base_url=API, auth=auth) as client:
         for number in range(50):
             response = await client.get(f"/charges/m/{number}/1")
             assert response.status_code == 200
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
     assert api.call_count == 50
-    assert set(authorizations(api)) == {tokens.bearer(0)}
+    assert set(authorizations(api)) == {bearer(token_mock, 0)}
 
 
 async def test_token_is_fetched_once_for_200_concurrent_requests(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """Two hundred concurrent requests, all started before the token arrives, share one fetch."""
     statuses: list[int] = []
-    tokens.gate = anyio.Event()
+    token_mock.hold()
 
     async with plug.client(base_url=API, auth=auth) as client:
 
@@ -418,19 +392,23 @@ async def test_token_is_fetched_once_for_200_concurrent_requests(
             async with anyio.create_task_group() as tg:
                 for number in range(200):
                     tg.start_soon(call, number)
-                while tokens.arrived == 0:
+                while token_mock.arrived == 0:
                     await anyio.sleep(0.001)
                 await anyio.sleep(0.02)
                 assert api.call_count == 0
-                tokens.gate.set()
+                token_mock.release()
     assert statuses == [200] * 200
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
     assert api.call_count == 200
-    assert set(authorizations(api)) == {tokens.bearer(0)}
+    assert set(authorizations(api)) == {bearer(token_mock, 0)}
 
 
 async def test_a_token_inside_its_margin_is_renewed_behind_the_requests(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, clock: FakeClock, plug: Plug
+    make_auth: AuthFactory,
+    token_mock: PaymeTokenMock,
+    api: respx.Route,
+    clock: FakeClock,
+    plug: Plug,
 ) -> None:
     """Inside its refresh margin a token still goes out while its renewal runs in the
     background; the requests after the renewal carry the new one."""
@@ -439,15 +417,15 @@ async def test_a_token_inside_its_margin_is_renewed_behind_the_requests(
         await client.get("/refund")
         clock.advance(8600 - 61)
         await client.get("/refund")
-        assert tokens.calls == 1
+        assert token_mock.call_count == 1
         clock.advance(2)
         await client.get("/refund")
         with anyio.fail_after(5):
             while auth.stats().renewals < 1:
                 await anyio.sleep(0.001)
         await client.get("/refund")
-    assert tokens.calls == 2
-    assert authorizations(api) == [tokens.bearer(0)] * 3 + [tokens.bearer(1)]
+    assert token_mock.call_count == 2
+    assert authorizations(api) == [bearer(token_mock, 0)] * 3 + [bearer(token_mock, 1)]
 
 
 # -- which origins get the token ---------------------------------------------------------------
@@ -467,7 +445,7 @@ async def test_a_token_inside_its_margin_is_renewed_behind_the_requests(
     ],
 )
 async def test_no_token_for_another_origin(
-    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, url: str, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, router: respx.MockRouter, url: str, plug: Plug
 ) -> None:
     """A request to any other scheme, host or port gets no headers, and no token is fetched."""
     elsewhere = router.route(url=url).respond(200)
@@ -477,7 +455,7 @@ async def test_no_token_for_another_origin(
     assert elsewhere.call_count == 1
     assert "Authorization" not in sent(elsewhere).headers
     assert "ALG-API-VERSION" not in sent(elsewhere).headers
-    assert tokens.calls == 0
+    assert token_mock.call_count == 0
     assert auth.applies_to(plug.http.URL(url)) is False
 
 
@@ -493,7 +471,7 @@ async def test_applies_to_the_api_origin(url: str, plug: Plug) -> None:
 
 async def test_extra_origin_gets_the_token(
     make_auth: AuthFactory,
-    tokens: TokenEndpoint,
+    token_mock: PaymeTokenMock,
     api: respx.Route,
     router: respx.MockRouter,
     plug: Plug,
@@ -506,11 +484,11 @@ async def test_extra_origin_gets_the_token(
         await client.get(f"{OTHER}:8443/v1/charges")
         await client.get(f"{OTHER}/v1/charges")
         await client.get(f"{API}/charges")
-    assert authorizations(extra) == [tokens.bearer(0)]
+    assert authorizations(extra) == [bearer(token_mock, 0)]
     assert sent(extra).headers["ALG-API-VERSION"] == "1709847567"
     assert authorizations(default_port) == [None]
-    assert authorizations(api) == [tokens.bearer(0)]
-    assert tokens.calls == 1
+    assert authorizations(api) == [bearer(token_mock, 0)]
+    assert token_mock.call_count == 1
 
 
 async def test_extra_origins_accepts_a_single_string(plug: Plug) -> None:
@@ -539,7 +517,7 @@ async def test_extra_origins_are_checked(origin: str, plug: Plug) -> None:
     [f"{OTHER}/landing", f"http://{API_HOST}/landing", f"https://{API_HOST}:8443/landing"],
 )
 async def test_redirect_to_another_origin_carries_no_token(
-    auth: AnyAuth, tokens: TokenEndpoint, status: int, target: str, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, status: int, target: str, plug: Plug
 ) -> None:
     """A redirect from the API to another origin arrives there without Authorization."""
     router = plug.router
@@ -549,15 +527,15 @@ async def test_redirect_to_another_origin_carries_no_token(
         response = await client.get(f"{API}/charges/m/1/2")
     assert response.status_code == 200
     assert response.text == "landed"
-    assert authorizations(start) == [tokens.bearer(0)]
+    assert authorizations(start) == [bearer(token_mock, 0)]
     assert landing.call_count == 1
     assert "Authorization" not in sent(landing).headers
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 @pytest.mark.parametrize("status", [302, 307])
 async def test_same_origin_redirect_keeps_the_token(
-    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, status: int, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, router: respx.MockRouter, status: int, plug: Plug
 ) -> None:
     """A redirect within the API origin keeps Authorization and ALG-API-VERSION."""
     start = router.get(f"{API}/old").respond(status, headers={"Location": "/new"})
@@ -565,9 +543,9 @@ async def test_same_origin_redirect_keeps_the_token(
     async with plug.client(auth=auth, follow_redirects=True) as client:
         response = await client.get(f"{API}/old")
     assert response.status_code == 200
-    assert authorizations(start) == authorizations(landing) == [tokens.bearer(0)]
+    assert authorizations(start) == authorizations(landing) == [bearer(token_mock, 0)]
     assert sent(landing).headers["ALG-API-VERSION"] == "1709847567"
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_loopback_environment_works_over_http(
@@ -575,22 +553,23 @@ async def test_loopback_environment_works_over_http(
 ) -> None:
     """A custom loopback Environment gets its token over http and sends it to its own origin."""
     environment = Environment(token_url="http://127.0.0.1:9/token", audience="http://127.0.0.1:9/")
-    loopback_tokens = TokenEndpoint(router, "http://127.0.0.1:9/token")
+    loopback_tokens = PaymeTokenMock(environment, router=router, token_prefix=TOKEN_MARK)
     charges = router.post("http://127.0.0.1:9/charges").respond(201)
     other_port = router.get("http://127.0.0.1:10/charges").respond(200)
     by_name = router.get("http://localhost:9/charges").respond(200)
     auth = await make_auth(environment=environment)
-    async with plug.client(auth=auth) as client:
-        assert (await client.post("http://127.0.0.1:9/charges", json={})).status_code == 201
-        await client.get("http://127.0.0.1:10/charges")
-        await client.get("http://localhost:9/charges")
-    assert authorizations(charges) == [loopback_tokens.bearer(0)]
+    with loopback_tokens:
+        async with plug.client(auth=auth) as client:
+            assert (await client.post("http://127.0.0.1:9/charges", json={})).status_code == 201
+            await client.get("http://127.0.0.1:10/charges")
+            await client.get("http://localhost:9/charges")
+    assert authorizations(charges) == [bearer(loopback_tokens, 0)]
     assert sent(charges).headers["ALG-API-VERSION"] == API_VERSION
-    body = json.loads(sent(loopback_tokens.route).content)
+    body = json.loads(loopback_tokens.calls[-1].request.content)
     assert body["audience"] == "http://127.0.0.1:9/"
     assert authorizations(other_port) == [None]
     assert authorizations(by_name) == [None]
-    assert loopback_tokens.calls == 1
+    assert loopback_tokens.call_count == 1
 
 
 # -- the 401 replay ----------------------------------------------------------------------------
@@ -598,7 +577,7 @@ async def test_loopback_environment_works_over_http(
 
 async def test_a_401_is_replayed_once_with_a_new_token(
     auth: AnyAuth,
-    tokens: TokenEndpoint,
+    token_mock: PaymeTokenMock,
     api: respx.Route,
     caplog: pytest.LogCaptureFixture,
     plug: Plug,
@@ -610,8 +589,8 @@ async def test_a_401_is_replayed_once_with_a_new_token(
     assert response.status_code == 200
     assert response.json() == {"ok": True}
     assert [earlier.status_code for earlier in response.history] == [401]
-    assert tokens.calls == 2
-    assert authorizations(api) == [tokens.bearer(0), tokens.bearer(1)]
+    assert token_mock.call_count == 2
+    assert authorizations(api) == [bearer(token_mock, 0), bearer(token_mock, 1)]
     assert [call.request.url.path for call in api.calls] == ["/charges/m/1/2"] * 2
     replays = [r for r in caplog.records if "replaying once" in r.getMessage()]
     assert len(replays) == 1
@@ -619,7 +598,7 @@ async def test_a_401_is_replayed_once_with_a_new_token(
 
 
 async def test_a_second_401_goes_back_to_the_caller(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """401 twice: the caller gets the second 401; no third attempt, no third token."""
     api.side_effect = unauthorized
@@ -627,17 +606,17 @@ async def test_a_second_401_goes_back_to_the_caller(
         response = await client.get("/charges/m/1/2")
         assert response.status_code == 401
         assert api.call_count == 2
-        assert tokens.calls == 2
-        assert authorizations(api) == [tokens.bearer(0), tokens.bearer(1)]
+        assert token_mock.call_count == 2
+        assert authorizations(api) == [bearer(token_mock, 0), bearer(token_mock, 1)]
         # The next request starts with the token from the replay: it was not dropped.
         api.side_effect = None
         await client.get("/refund")
-    assert sent(api).headers["Authorization"] == tokens.bearer(1)
-    assert tokens.calls == 2
+    assert sent(api).headers["Authorization"] == bearer(token_mock, 1)
+    assert token_mock.call_count == 2
 
 
 async def test_a_403_is_returned_as_it_is(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A 403 is the caller's answer: no replay, no new token, the token kept."""
     api.respond(403, json={"message": "Forbidden"})
@@ -647,8 +626,8 @@ async def test_a_403_is_returned_as_it_is(
         assert response.json() == {"message": "Forbidden"}
         await client.get("/refund")
     assert api.call_count == 2
-    assert tokens.calls == 1
-    assert set(authorizations(api)) == {tokens.bearer(0)}
+    assert token_mock.call_count == 1
+    assert set(authorizations(api)) == {bearer(token_mock, 0)}
 
 
 async def _chunks() -> AsyncIterator[bytes]:
@@ -657,7 +636,7 @@ async def _chunks() -> AsyncIterator[bytes]:
 
 
 async def test_a_streamed_body_is_not_replayed(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A request whose body is an async stream gets the 401 back: it cannot be sent twice."""
     api.side_effect = unauthorized
@@ -666,17 +645,17 @@ async def test_a_streamed_body_is_not_replayed(
     assert response.status_code == 401
     assert api.call_count == 1
     assert sent(api).content == b'{"amount":100}'
-    assert sent(api).headers["Authorization"] == tokens.bearer(0)
-    assert tokens.calls == 1
+    assert sent(api).headers["Authorization"] == bearer(token_mock, 0)
+    assert token_mock.call_count == 1
 
 
 async def test_a_401_on_a_streamed_body_still_drops_the_token(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """After a 401 on a streamed body, the next request goes out with a new token."""
 
     def reject_first_token(request: httpx.Request) -> httpx.Response:
-        if request.headers["Authorization"] == tokens.bearer(0):
+        if request.headers["Authorization"] == bearer(token_mock, 0):
             return httpx.Response(401)
         return httpx.Response(200)
 
@@ -686,8 +665,8 @@ async def test_a_401_on_a_streamed_body_still_drops_the_token(
         assert first.status_code == 401
         second = await client.post("/charges", content=_chunks())
     assert second.status_code == 200
-    assert authorizations(api) == [tokens.bearer(0), tokens.bearer(1)]
-    assert tokens.calls == 2
+    assert authorizations(api) == [bearer(token_mock, 0), bearer(token_mock, 1)]
+    assert token_mock.call_count == 2
 
 
 @pytest.mark.parametrize(
@@ -700,7 +679,7 @@ async def test_a_401_on_a_streamed_body_still_drops_the_token(
     ids=["json", "bytes", "form"],
 )
 async def test_a_replayable_body_is_replayed_unchanged(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, body: dict[str, Any], plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, body: dict[str, Any], plug: Plug
 ) -> None:
     """A JSON, bytes or form body is sent again, byte for byte, with its headers."""
     api.side_effect = [httpx.Response(401), httpx.Response(201)]
@@ -712,15 +691,15 @@ async def test_a_replayable_body_is_replayed_unchanged(
     assert first.headers.get("Content-Type") == replay.headers.get("Content-Type")
     assert first.headers["Content-Length"] == replay.headers["Content-Length"]
     assert [first.headers["Authorization"], replay.headers["Authorization"]] == [
-        tokens.bearer(0),
-        tokens.bearer(1),
+        bearer(token_mock, 0),
+        bearer(token_mock, 1),
     ]
     if "json" in body:
         assert json.loads(replay.content) == body["json"]
 
 
 async def test_concurrent_401s_for_one_token_cause_one_new_token(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A hundred requests refused with the same token fetch exactly one new token, then pass."""
     crowd = 100
@@ -729,7 +708,7 @@ async def test_concurrent_401s_for_one_token_cause_one_new_token(
 
     async def answer(request: httpx.Request) -> httpx.Response:
         nonlocal stale
-        if request.headers["Authorization"] == tokens.bearer(0):
+        if request.headers["Authorization"] == bearer(token_mock, 0):
             stale += 1
             if stale == crowd:
                 everyone_refused.set()
@@ -751,13 +730,13 @@ async def test_concurrent_401s_for_one_token_cause_one_new_token(
                     tg.start_soon(call, number)
     assert statuses == [200] * crowd
     assert stale == crowd
-    assert tokens.calls == 2
+    assert token_mock.call_count == 2
     assert api.call_count == 2 * crowd
-    assert authorizations(api).count(tokens.bearer(1)) == crowd
+    assert authorizations(api).count(bearer(token_mock, 1)) == crowd
 
 
 async def test_a_401_after_a_cross_origin_redirect_keeps_the_token(
-    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, router: respx.MockRouter, plug: Plug
 ) -> None:
     """A 401 from the host a redirect led to goes to the caller and does not drop our token."""
     landing = router.post(f"{OTHER}/3ds").respond(401)
@@ -768,13 +747,13 @@ async def test_a_401_after_a_cross_origin_redirect_keeps_the_token(
     assert response.url == f"{OTHER}/3ds"
     assert start.call_count == 1
     assert landing.call_count == 1
-    assert tokens.calls == 1
-    assert (await auth.get_token()).value == tokens.issued[0]
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
+    assert (await auth.get_token()).value == token_mock.tokens[0]
+    assert token_mock.call_count == 1
 
 
 async def test_a_401_after_a_same_origin_redirect_is_replayed(
-    auth: AnyAuth, tokens: TokenEndpoint, router: respx.MockRouter, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, router: respx.MockRouter, plug: Plug
 ) -> None:
     """A 401 at the end of a redirect within the API origin is replayed with a new token."""
     start = router.get(f"{API}/old").respond(307, headers={"Location": "/new"})
@@ -783,84 +762,84 @@ async def test_a_401_after_a_same_origin_redirect_is_replayed(
     async with plug.client(auth=auth, follow_redirects=True) as client:
         response = await client.get(f"{API}/old")
     assert response.status_code == 200
-    assert tokens.calls == 2
-    assert authorizations(start) == [tokens.bearer(0), tokens.bearer(1)]
-    assert authorizations(landing) == [tokens.bearer(0), tokens.bearer(1)]
+    assert token_mock.call_count == 2
+    assert authorizations(start) == [bearer(token_mock, 0), bearer(token_mock, 1)]
+    assert authorizations(landing) == [bearer(token_mock, 0), bearer(token_mock, 1)]
 
 
-async def test_invalidate_compares_then_drops(auth: AnyAuth, tokens: TokenEndpoint) -> None:
+async def test_invalidate_compares_then_drops(auth: AnyAuth, token_mock: PaymeTokenMock) -> None:
     """invalidate(token) drops only that token if still cached; invalidate() drops any."""
     assert auth.invalidate() is False
     old = await auth.get_token()
     assert auth.invalidate(old) is True
     assert auth.invalidate(old) is False
     newer = await auth.get_token()
-    assert tokens.calls == 2
-    assert newer.value == tokens.issued[1]
+    assert token_mock.call_count == 2
+    assert newer.value == token_mock.tokens[1]
     assert auth.invalidate(old) is False
     assert await auth.get_token() is newer
-    assert tokens.calls == 2
+    assert token_mock.call_count == 2
     newest = await auth.refresh()
     assert auth.invalidate(newer) is False
     assert (await auth.headers())["Authorization"] == newest.authorization
-    assert tokens.calls == 3
+    assert token_mock.call_count == 3
     assert auth.invalidate() is True
     assert auth.invalidate() is False
-    assert (await auth.get_token()).value == tokens.issued[3]
-    assert tokens.calls == 4
+    assert (await auth.get_token()).value == token_mock.tokens[3]
+    assert token_mock.call_count == 4
 
 
 # -- token endpoint failures -------------------------------------------------------------------
 
 
 async def test_refused_credentials_reach_the_caller(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A 401 from the token URL raises InvalidCredentialsError from client.get; no API call."""
-    tokens.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+    token_mock.respond(httpx.Response(401, json={"error": "access_denied"}))
     async with plug.client(base_url=API, auth=auth) as client:
         with pytest.raises(InvalidCredentialsError) as caught:
             await client.get("/charges/m/1/2")
     assert caught.value.status_code == 401
     assert CLIENT_SECRET not in str(caught.value)
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
     assert api.call_count == 0
 
 
 async def test_an_unavailable_endpoint_reaches_the_caller_after_retries(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """503s from the token URL raise TokenEndpointUnavailableError after 3 attempts."""
-    tokens.answers.extend([httpx.Response(503)] * 3)
+    token_mock.respond(httpx.Response(503), times=3)
     async with plug.client(base_url=API, auth=auth) as client:
         with pytest.raises(TokenEndpointUnavailableError) as caught:
             await client.post("/charges", json={"amount": 1})
         assert caught.value.attempts == 3
         assert caught.value.status_code == 503
-        assert tokens.calls == 3
+        assert token_mock.call_count == 3
         assert api.call_count == 0
         # Nothing failed is cached: the next request fetches afresh and goes through.
         assert (await client.get("/refund")).status_code == 200
-    assert tokens.calls == 4
-    assert authorizations(api) == [tokens.bearer(0)]
+    assert token_mock.call_count == 4
+    assert authorizations(api) == [bearer(token_mock, 0)]
 
 
 async def test_a_failed_renewal_after_a_401_reaches_the_caller(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """When the token for the replay cannot be had, the caller gets the typed error."""
     api.side_effect = unauthorized
     async with plug.client(base_url=API, auth=auth) as client:
         await auth.get_token()
-        tokens.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+        token_mock.respond(httpx.Response(401, json={"error": "access_denied"}))
         with pytest.raises(InvalidCredentialsError):
             await client.get("/refund")
     assert api.call_count == 1
-    assert tokens.calls == 2
+    assert token_mock.call_count == 2
 
 
 async def test_a_closed_auth_sends_nothing(
-    tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """After aclose(), an API request raises AuthClosedError and nothing is sent."""
     auth = plug.auth_class(CLIENT_ID, CLIENT_SECRET)
@@ -872,18 +851,18 @@ async def test_a_closed_auth_sends_nothing(
     with pytest.raises(AuthClosedError):
         await auth.headers()
     assert api.call_count == 0
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 # -- headers() for other clients ---------------------------------------------------------------
 
 
-async def test_headers_are_exactly_the_two(auth: AnyAuth, tokens: TokenEndpoint) -> None:
+async def test_headers_are_exactly_the_two(auth: AnyAuth, token_mock: PaymeTokenMock) -> None:
     """headers() gives exactly Authorization and ALG-API-VERSION, from the cached token."""
     headers = await auth.headers()
-    assert headers == {"Authorization": tokens.bearer(0), "ALG-API-VERSION": "1709847567"}
+    assert headers == {"Authorization": bearer(token_mock, 0), "ALG-API-VERSION": "1709847567"}
     assert await auth.headers() == headers
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_headers_use_the_environment_api_version(
@@ -893,46 +872,49 @@ async def test_headers_use_the_environment_api_version(
     environment = Environment(
         token_url="https://auth.example/token", audience="https://api.example/", api_version="7"
     )
-    custom_tokens = TokenEndpoint(router, "https://auth.example/token")
+    custom_tokens = PaymeTokenMock(environment, router=router, token_prefix=TOKEN_MARK)
     route = router.get("https://api.example/charges").respond(200)
     auth = await make_auth(environment=environment)
-    assert await auth.headers() == {
-        "Authorization": custom_tokens.bearer(0),
-        "ALG-API-VERSION": "7",
-    }
-    async with plug.client(auth=auth) as client:
-        await client.get("https://api.example/charges")
+    with custom_tokens:
+        assert await auth.headers() == {
+            "Authorization": bearer(custom_tokens, 0),
+            "ALG-API-VERSION": "7",
+        }
+        async with plug.client(auth=auth) as client:
+            await client.get("https://api.example/charges")
     assert sent(route).headers["ALG-API-VERSION"] == "7"
-    assert custom_tokens.calls == 1
+    assert custom_tokens.call_count == 1
 
 
 # -- no lock across yield, cancellation --------------------------------------------------------
 
 
 async def test_flows_suspended_at_their_yields_block_nothing(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """While flows sit at their first or replay yield, other requests and renewals complete."""
     waiting = auth.async_auth_flow(plug.http.Request("GET", f"{API}/a"))
     first = await waiting.__anext__()
     replaying = auth.async_auth_flow(plug.http.Request("GET", f"{API}/b"))
     second = await replaying.__anext__()
-    assert first.headers["Authorization"] == second.headers["Authorization"] == tokens.bearer(0)
+    assert (
+        first.headers["Authorization"] == second.headers["Authorization"] == bearer(token_mock, 0)
+    )
     with anyio.fail_after(2):
         # The second flow's 401 renews the token while the first is suspended at its yield.
         replay = await replaying.asend(plug.http.Response(401, request=second))
-        assert replay.headers["Authorization"] == tokens.bearer(1)
+        assert replay.headers["Authorization"] == bearer(token_mock, 1)
         async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
-        assert (await auth.refresh()).value == tokens.issued[2]
-        assert (await auth.headers())["Authorization"] == tokens.bearer(2)
-    assert authorizations(api) == [tokens.bearer(1)]
+        assert (await auth.refresh()).value == token_mock.tokens[2]
+        assert (await auth.headers())["Authorization"] == bearer(token_mock, 2)
+    assert authorizations(api) == [bearer(token_mock, 1)]
     await waiting.aclose()
     await replaying.aclose()
 
 
 async def test_an_abandoned_flow_blocks_nothing(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A flow closed at its first yield leaves every later request free to complete."""
     flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
@@ -942,13 +924,13 @@ async def test_an_abandoned_flow_blocks_nothing(
         async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
         other = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
-        assert (await other.__anext__()).headers["Authorization"] == tokens.bearer(0)
+        assert (await other.__anext__()).headers["Authorization"] == bearer(token_mock, 0)
         await other.aclose()
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_a_flow_abandoned_at_the_replay_blocks_nothing(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A flow closed at its replay yield leaves the new token usable by later requests."""
     flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
@@ -958,12 +940,12 @@ async def test_a_flow_abandoned_at_the_replay_blocks_nothing(
     with anyio.fail_after(2):
         async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
-    assert tokens.calls == 2
-    assert authorizations(api) == [tokens.bearer(1)]
+    assert token_mock.call_count == 2
+    assert authorizations(api) == [bearer(token_mock, 1)]
 
 
 async def test_a_flow_closed_from_another_task_blocks_nothing(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A flow suspended at its yield and closed by another task leaves the auth usable."""
     flow = auth.async_auth_flow(plug.http.Request("GET", f"{API}/refund"))
@@ -973,11 +955,11 @@ async def test_a_flow_closed_from_another_task_blocks_nothing(
             tg.start_soon(flow.aclose)
         async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_a_request_cancelled_at_the_api_leaves_the_auth_usable(
-    auth: AnyAuth, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    auth: AnyAuth, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A client.get cancelled while the API is answering leaves the next request working."""
 
@@ -994,21 +976,21 @@ async def test_a_request_cancelled_at_the_api_leaves_the_auth_usable(
         with anyio.move_on_after(0.05) as scope:
             await client.get("/charges/m/1/2")
         assert scope.cancelled_caught
-        assert [request.headers["Authorization"] for request in arrived] == [tokens.bearer(0)]
+        assert [request.headers["Authorization"] for request in arrived] == [bearer(token_mock, 0)]
         api.side_effect = None
         with anyio.fail_after(2):
             response = await client.get("/charges/m/1/2")
     assert response.status_code == 200
-    assert tokens.calls == 1
-    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+    assert token_mock.call_count == 1
+    assert sent(api).headers["Authorization"] == bearer(token_mock, 0)
 
 
 async def test_a_request_cancelled_while_fetching_leaves_the_auth_usable(
-    make_auth: AuthFactory, tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    make_auth: AuthFactory, token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """A client.get cancelled during the token fetch leaves the next request working."""
     auth = await make_auth()
-    tokens.delay = 0.3
+    token_mock.issue(delay=0.3)
     async with plug.client(base_url=API, auth=auth) as client:
         with anyio.move_on_after(0.05) as scope:
             await client.get("/refund")
@@ -1017,15 +999,15 @@ async def test_a_request_cancelled_while_fetching_leaves_the_auth_usable(
         with anyio.fail_after(2):
             response = await client.get("/refund")
     assert response.status_code == 200
-    assert authorizations(api) == [tokens.bearer(0)]
-    assert len(tokens.issued) == 1
+    assert authorizations(api) == [bearer(token_mock, 0)]
+    assert len(token_mock.tokens) == 1
 
 
 # -- life cycle and a borrowed http_client -----------------------------------------------------
 
 
 async def test_async_with_opens_and_closes(
-    tokens: TokenEndpoint, api: respx.Route, plug: Plug
+    token_mock: PaymeTokenMock, api: respx.Route, plug: Plug
 ) -> None:
     """Inside async with, requests are authenticated; after it, the auth refuses to fetch."""
     async with (
@@ -1033,16 +1015,16 @@ async def test_async_with_opens_and_closes(
         plug.client(base_url=API, auth=auth) as client,
     ):
         assert (await client.get("/refund")).status_code == 200
-    assert sent(api).headers["Authorization"] == tokens.bearer(0)
+    assert sent(api).headers["Authorization"] == bearer(token_mock, 0)
     with pytest.raises(AuthClosedError):
         await auth.get_token()
     await auth.aclose()
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_a_borrowed_client_is_used_but_not_changed(
     make_auth: AuthFactory,
-    tokens: TokenEndpoint,
+    token_mock: PaymeTokenMock,
     api: respx.Route,
     router: respx.MockRouter,
     plug: Plug,
@@ -1057,10 +1039,10 @@ async def test_a_borrowed_client_is_used_but_not_changed(
         async with plug.client(base_url=API, auth=auth) as client:
             assert (await client.get("/refund")).status_code == 200
         await auth.aclose()
-        token_request = sent(tokens.route)
+        token_request = token_mock.calls[-1].request
         assert "Authorization" not in token_request.headers
         assert json.loads(token_request.content)["client_id"] == CLIENT_ID
-        assert sent(api).headers["Authorization"] == tokens.bearer(0)
+        assert sent(api).headers["Authorization"] == bearer(token_mock, 0)
         assert borrowed.is_closed is False
         assert borrowed.auth is basic
         assert borrowed.follow_redirects is True
@@ -1069,21 +1051,19 @@ async def test_a_borrowed_client_is_used_but_not_changed(
         own = router.get(f"{OTHER}/own").respond(204)
         assert (await borrowed.get(f"{OTHER}/own")).status_code == 204
         assert sent(own).headers["Authorization"] == "Basic dTpw"  # base64("u:p")
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_a_borrowed_client_does_not_follow_token_redirects(
     make_auth: AuthFactory,
-    tokens: TokenEndpoint,
+    token_mock: PaymeTokenMock,
     api: respx.Route,
     router: respx.MockRouter,
     plug: Plug,
 ) -> None:
     """A token URL answering 307 is an error, even if the borrowed client follows redirects."""
     elsewhere = router.post("https://elsewhere.example/token").respond(200, json=token_answer())
-    tokens.answers.append(
-        httpx.Response(307, headers={"Location": "https://elsewhere.example/token"})
-    )
+    token_mock.respond(httpx.Response(307, headers={"Location": "https://elsewhere.example/token"}))
     async with httpx.AsyncClient(follow_redirects=True) as borrowed:
         auth = await make_auth(http_client=borrowed)
         async with plug.client(base_url=API, auth=auth) as client:
@@ -1093,11 +1073,11 @@ async def test_a_borrowed_client_does_not_follow_token_redirects(
         assert borrowed.is_closed is False
     assert elsewhere.call_count == 0
     assert api.call_count == 0
-    assert tokens.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_the_api_client_can_be_borrowed_for_tokens(
-    tokens: TokenEndpoint, api: respx.Route
+    token_mock: PaymeTokenMock, api: respx.Route
 ) -> None:
     """The API client itself can send token requests: they do not go through PaymeAuth."""
     async with httpx.AsyncClient(base_url=API) as client:
@@ -1106,9 +1086,9 @@ async def test_the_api_client_can_be_borrowed_for_tokens(
                 response = await client.get("/refund", auth=auth)
         assert response.status_code == 200
         assert client.is_closed is False
-    assert "Authorization" not in sent(tokens.route).headers
-    assert sent(api).headers["Authorization"] == tokens.bearer(0)
-    assert tokens.calls == 1
+    assert "Authorization" not in token_mock.calls[-1].request.headers
+    assert sent(api).headers["Authorization"] == bearer(token_mock, 0)
+    assert token_mock.call_count == 1
 
 
 # -- settings ----------------------------------------------------------------------------------

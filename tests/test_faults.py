@@ -53,7 +53,7 @@ from payme_auth._cli_settings import Settings
 from payme_auth.testing import EmulatorServer, Fault, PaymeEmulator, run_emulator
 
 from . import hostile_server as hostile
-from .conftest import CLIENT_ID, CLIENT_SECRET, TOKEN_MARK, token_answer
+from .conftest import CLIENT_ID, CLIENT_SECRET, TOKEN_MARK, eventually, token_answer
 
 pytestmark = pytest.mark.anyio
 
@@ -170,15 +170,6 @@ def json_fault(status: int, payload: object, **kwargs: Any) -> Fault:
 
 
 # -- the checks every scenario makes -----------------------------------------------------------
-
-
-async def eventually(condition: Callable[[], bool], what: str, within: float) -> None:
-    """Poll *condition* until it holds; fail, saying *what* was awaited, after *within* s."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {within:g} s for {what}")
-        await anyio.sleep(0.01)
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ from contextlib import aclosing
 import anyio
 import httpx
 import pytest
+import respx
 
 pytest.importorskip("httpx2", reason="httpx2 is not installed (payme-auth[httpx2])")
 
@@ -34,10 +35,11 @@ from payme_auth.testing import (
     DEFAULT_CLIENT_SECRET,
     EmulatorServer,
     PaymeEmulator,
+    PaymeTokenMock,
     run_emulator,
 )
 
-from .conftest import API, CLIENT_ID, CLIENT_SECRET, FAST_RETRY, TOKEN_URL, token_answer
+from .conftest import API, CLIENT_ID, CLIENT_SECRET, FAST_RETRY
 
 pytestmark = pytest.mark.anyio
 
@@ -46,27 +48,20 @@ LOCAL = "http://127.0.0.1:8000"
 LOCAL_ENVIRONMENT = Environment(token_url=f"{LOCAL}/token", audience=f"{LOCAL}/")
 
 
-class TokenHandler:
-    """An httpx.MockTransport handler for the token endpoint: a fresh token each time."""
-
-    def __init__(self) -> None:
-        self.issued: list[str] = []
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        assert str(request.url) == TOKEN_URL
-        self.requests.append(request)
-        body = token_answer()
-        self.issued.append(body["access_token"])
-        return httpx.Response(200, json=body)
+@pytest.fixture
+def token_router() -> respx.MockRouter:
+    """The router of token_mock (see conftest): not started, so only token_client reaches it."""
+    return respx.MockRouter(assert_all_mocked=True, assert_all_called=False)
 
 
 @pytest.fixture
-async def token_client() -> AsyncIterator[tuple[httpx.AsyncClient, TokenHandler]]:
-    """An httpx.AsyncClient answering token requests in memory, and its handler."""
-    handler = TokenHandler()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        yield client, handler
+async def token_client(
+    token_router: respx.MockRouter, token_mock: PaymeTokenMock
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx.AsyncClient whose requests, and no other client's, token_mock answers."""
+    transport = httpx.MockTransport(token_router.async_handler)
+    async with httpx.AsyncClient(transport=transport) as client:
+        yield client
 
 
 @pytest.fixture
@@ -172,14 +167,13 @@ async def test_an_httpx2_http_client_is_refused(kind: str) -> None:
 
 
 async def test_an_httpx_http_client_is_borrowed_for_tokens(
-    token_client: tuple[httpx.AsyncClient, TokenHandler],
+    token_client: httpx.AsyncClient, token_mock: PaymeTokenMock
 ) -> None:
     """An httpx.AsyncClient sends the token requests and is left open."""
-    tokens, handler = token_client
-    async with PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=tokens) as auth:
-        assert (await auth.headers())["Authorization"] == f"Bearer {handler.issued[0]}"
-    assert len(handler.requests) == 1
-    assert tokens.is_closed is False
+    async with PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=token_client) as auth:
+        assert (await auth.headers())["Authorization"] == f"Bearer {token_mock.tokens[0]}"
+    assert token_mock.call_count == 1
+    assert token_client.is_closed is False
 
 
 @pytest.mark.parametrize(
@@ -250,21 +244,20 @@ async def test_from_env_builds_the_httpx2_plug(monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_through_httpx2_mock_transport(
-    token_client: tuple[httpx.AsyncClient, TokenHandler],
+    token_client: httpx.AsyncClient, token_mock: PaymeTokenMock
 ) -> None:
     """Through httpx2.MockTransport: both headers on API requests, none elsewhere, a replay."""
-    tokens, handler = token_client
     seen: list[tuple[str, str | None, str | None]] = []
 
     def answer(request: httpx2.Request) -> httpx2.Response:
         authorization = request.headers.get("Authorization")
         seen.append((request.url.host, authorization, request.headers.get("ALG-API-VERSION")))
-        if request.url.path == "/charges" and authorization == f"Bearer {handler.issued[0]}":
+        if request.url.path == "/charges" and authorization == f"Bearer {token_mock.tokens[0]}":
             return httpx2.Response(401)
         return httpx2.Response(201 if request.method == "POST" else 200)
 
     async with (
-        PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=tokens) as auth,
+        PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=token_client) as auth,
         httpx2.AsyncClient(auth=auth, transport=httpx2.MockTransport(answer)) as client,
     ):
         assert (await client.get(f"{API}/refund")).status_code == 200
@@ -273,7 +266,7 @@ async def test_through_httpx2_mock_transport(
         assert replayed.status_code == 201
         assert [earlier.status_code for earlier in replayed.history] == [401]
         assert auth.stats().replays == 1
-    first, second = (f"Bearer {value}" for value in handler.issued)
+    first, second = (f"Bearer {value}" for value in token_mock.tokens)
     host = "api.preprod.alignet.io"
     assert seen == [
         (host, first, "1709847567"),
@@ -402,11 +395,10 @@ async def test_from_auth_takes_only_a_payme_auth() -> None:
 
 @pytest.mark.parametrize("entered", [False, True])
 async def test_life_cycle(
-    entered: bool, token_client: tuple[httpx.AsyncClient, TokenHandler]
+    entered: bool, token_client: httpx.AsyncClient, token_mock: PaymeTokenMock
 ) -> None:
     """Bare or inside async with, the plug fetches, refreshes, invalidates, then closes."""
-    tokens, handler = token_client
-    auth = PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=tokens)
+    auth = PaymeAuth(CLIENT_ID, CLIENT_SECRET, http_client=token_client)
     if entered:
         async with auth as same:
             assert same is auth
@@ -414,31 +406,30 @@ async def test_life_cycle(
     else:
         first = await auth.get_token()
         await auth.aclose()
-    assert first.value == handler.issued[0]
+    assert first.value == token_mock.tokens[0]
     with pytest.raises(AuthClosedError):
         await auth.headers()
     await auth.aclose()  # closing twice is harmless
 
 
 async def test_token_methods_act_on_the_shared_provider(
-    token_client: tuple[httpx.AsyncClient, TokenHandler],
+    token_client: httpx.AsyncClient, token_mock: PaymeTokenMock
 ) -> None:
     """get_token, refresh, invalidate and headers behave as payme_auth.PaymeAuth's."""
-    tokens, handler = token_client
     async with PaymeAuth(
-        CLIENT_ID, CLIENT_SECRET, http_client=tokens, scopes="post:charges"
+        CLIENT_ID, CLIENT_SECRET, http_client=token_client, scopes="post:charges"
     ) as auth:
         assert auth.scopes == ("create:token", "post:charges")
         first = await auth.get_token()
         renewed = await auth.refresh()
         assert auth.invalidate(first) is False
         assert await auth.headers() == {
-            "Authorization": f"Bearer {handler.issued[1]}",
+            "Authorization": f"Bearer {token_mock.tokens[1]}",
             "ALG-API-VERSION": "1709847567",
         }
         assert auth.invalidate(renewed) is True
         assert auth.stats().token_requests == 2
-        assert (await auth.get_token()).value == handler.issued[2]
+        assert (await auth.get_token()).value == token_mock.tokens[2]
 
 
 # -- importing without httpx2, or with httpx aliased to it --------------------------------------

@@ -624,6 +624,111 @@ async def test_routes_in_a_router_of_your_own() -> None:
     assert mock.call_count == 1
 
 
+@pytest.mark.anyio
+async def test_held_requests_wait_unanswered_until_released() -> None:
+    """Held requests are counted as arrived, but take no answer and make no record until
+    release(); later requests pass at once."""
+    url = Environment.PREPROD.token_url
+    statuses: list[int] = []
+    with PaymeTokenMock() as mock:
+        assert mock.hold().refuse(401) is mock
+        async with httpx.AsyncClient() as client:
+
+            async def post() -> None:
+                statuses.append((await client.post(url, json={})).status_code)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(post)
+                    tg.start_soon(post)
+                    while mock.held < 2:
+                        await anyio.sleep(0.001)
+                    await anyio.sleep(0.02)
+                    assert statuses == []
+                    assert (mock.arrived, mock.call_count, mock.pending) == (2, 0, 1)
+                    mock.release()
+            assert sorted(statuses) == [200, 401]
+            assert (mock.held, mock.arrived, mock.call_count, mock.pending) == (0, 2, 2, 0)
+            assert (await client.post(url, json={})).status_code == 200
+    assert mock.arrived == mock.call_count == 3
+
+
+@pytest.mark.anyio
+async def test_a_request_given_up_while_held_takes_no_answer() -> None:
+    """A request whose client gives up at the gate counts as arrived, uses up no queued
+    answer and leaves no record; the answer goes to the next request."""
+    url = Environment.PREPROD.token_url
+    with PaymeTokenMock() as mock:
+        mock.hold().hold().refuse(403)
+        async with httpx.AsyncClient() as client:
+            with anyio.move_on_after(0.05) as scope:
+                await client.post(url, json={})
+            assert scope.cancelled_caught
+            assert (mock.held, mock.arrived, mock.call_count, mock.pending) == (0, 1, 0, 1)
+            mock.release()
+            with pytest.raises(RuntimeError, match="without hold"):
+                mock.release()
+            assert (await client.post(url, json={})).status_code == 403
+    assert (mock.arrived, mock.call_count) == (2, 1)
+    assert [call.answer for call in mock.calls] == ["refusal"]
+
+
+def test_release_without_hold_is_refused() -> None:
+    """release() with no request held is a mistake in the test: RuntimeError."""
+    with PaymeTokenMock() as mock, pytest.raises(RuntimeError, match="without hold"):
+        mock.release()
+
+
+@pytest.mark.anyio
+async def test_respond_with_a_function_builds_each_answer() -> None:
+    """A function given to respond() is called for each request it serves, with the request;
+    its answer may stream."""
+    seen: list[str] = []
+
+    async def chunks() -> Any:
+        yield b'{"success":'
+        yield b"false}"
+
+    def build(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content)["client_id"])
+        return httpx.Response(200, content=chunks())
+
+    with PaymeTokenMock() as mock:
+        mock.respond(build, times=2)
+        async with httpx.AsyncClient() as client:
+            for client_id in ("a", "b"):
+                response = await client.post(
+                    Environment.PREPROD.token_url, json={"client_id": client_id}
+                )
+                assert "content-length" not in response.headers
+                assert response.json() == {"success": False}
+    assert seen == ["a", "b"]
+    assert [(call.answer, call.status) for call in mock.calls] == [("response", 200)] * 2
+
+
+@pytest.mark.anyio
+async def test_a_function_that_returns_no_response_fails_the_request() -> None:
+    """A respond() function that returns something else raises TypeError in the request."""
+    with PaymeTokenMock() as mock:
+        mock.respond(lambda request: 200)  # type: ignore[arg-type, return-value]
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(TypeError, match=r"must return an httpx\.Response"):
+                await client.post(Environment.PREPROD.token_url, json={})
+
+
+@pytest.mark.anyio
+async def test_token_prefix_marks_the_tokens_made_up() -> None:
+    """Tokens the mock makes up begin with token_prefix, each one different."""
+    with PaymeTokenMock(token_prefix=TOKEN_MARK) as mock:
+        mock.issue(times=2)
+        first = await make_auth().get_token()
+        second = await make_auth().get_token()
+    assert first.value.startswith(TOKEN_MARK)
+    assert second.value.startswith(TOKEN_MARK)
+    assert first.value != second.value
+    assert mock.tokens == (first.value, second.value)
+
+
 def test_unused_answers_fail_a_clean_exit() -> None:
     """Queued answers never used fail a clean exit, not one with an error already."""
     unused = r"2 queued answer\(s\) never asked for: token, hang"
@@ -685,6 +790,7 @@ def test_secrets_stay_out_of_reprs() -> None:
         (lambda: PaymeTokenMock(client_id="", client_secret="b"), "client_id"),
         (lambda: PaymeTokenMock(expires_in=0), "expires_in"),
         (lambda: PaymeTokenMock(expires_in=True), "expires_in"),
+        (lambda: PaymeTokenMock(token_prefix=""), "token_prefix"),
         (lambda: PaymeTokenMock().issue(expires_in=-1), "expires_in"),
         (lambda: PaymeTokenMock().issue(expires_in="1.5"), "expires_in"),
         (lambda: PaymeTokenMock().issue(scope=3), "scope"),  # type: ignore[arg-type]

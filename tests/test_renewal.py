@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -18,8 +18,16 @@ from payme_auth import (
     TokenEndpointUnavailableError,
     TokenRefusedError,
 )
+from payme_auth.testing import PaymeTokenMock
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRY, FakeClock, TokenServer, token_answer
+from .conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FAST_RETRY,
+    FakeClock,
+    eventually,
+    new_token_value,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -32,13 +40,9 @@ MANDATORY = 70.0
 SAFETY = LIFETIME - 5.0
 
 
-def answer(expires_in: int = LIFETIME, **fields: Any) -> Callable[[], httpx.Response]:
-    return lambda: httpx.Response(200, json=token_answer(expires_in=expires_in, **fields))
-
-
 @pytest.fixture(params=[False, True], ids=["bare", "async-with"])
 async def auth(
-    request: pytest.FixtureRequest, clock: FakeClock, server: TokenServer
+    request: pytest.FixtureRequest, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> AsyncIterator[PaymeAuth]:
     """A PaymeAuth on the fake clock, used bare or inside async with."""
     instance = PaymeAuth(
@@ -61,52 +65,52 @@ def settle_now(coroutine: Any) -> AccessToken:
     return value
 
 
-async def let_background_run(server: TokenServer, calls: int) -> None:
+async def let_background_run(token_mock: PaymeTokenMock, calls: int) -> None:
     """Yield to the event loop until the token endpoint has answered *calls* times."""
-    with anyio.fail_after(5):
-        while server.calls < calls or (server.gate is not None and not server.gate.is_set()):
-            await anyio.sleep(0.001)
-        await anyio.sleep(0.01)  # let the flight land after its answer
+    await eventually(
+        lambda: token_mock.call_count >= calls and not token_mock.held, f"{calls} answers"
+    )
+    await anyio.sleep(0.01)  # let the flight land after its answer
 
 
 async def test_fresh_token_starts_no_renewal(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """Before the advisory point the token is served and nothing is sent."""
     first = await auth.get_token()
     clock.advance(ADVISORY - 0.01)
     assert settle_now(auth.get_token()) is first
     await anyio.sleep(0.02)
-    assert server.calls == 1
+    assert token_mock.call_count == 1
     assert auth.stats().state == "fresh"
 
 
 async def test_advisory_window_renews_in_the_background(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """In the advisory window the caller gets the token at once and one renewal runs."""
-    server.answers.extend([answer(), answer()])
+    token_mock.issue(expires_in=LIFETIME, times=2)
     first = await auth.get_token()
     clock.advance(ADVISORY + 0.01)
     assert auth.stats().state == "renewing"
-    server.hold()
+    token_mock.hold()
     for _ in range(50):  # many callers, none waits, one renewal
         assert settle_now(auth.get_token()) is first
-    server.release()
-    await let_background_run(server, 2)
+    token_mock.release()
+    await let_background_run(token_mock, 2)
     second = settle_now(auth.get_token())
     assert second is not first
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     stats = auth.stats()
     assert (stats.renewals, stats.background_renewals, stats.failed_renewals) == (1, 1, 0)
     assert stats.state == "fresh"
 
 
 async def test_http_requests_never_wait_for_a_background_renewal(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """Through httpx, requests in the advisory window go out while the renewal is held."""
-    server.answers.extend([answer(), answer()])
+    token_mock.issue(expires_in=LIFETIME, times=2)
     sent: list[str] = []
 
     def api(request: httpx.Request) -> httpx.Response:
@@ -119,13 +123,13 @@ async def test_http_requests_never_wait_for_a_background_renewal(
     ):
         first = await auth.get_token()
         clock.advance(ADVISORY + 1)
-        server.hold()
+        token_mock.hold()
         with anyio.fail_after(2):
             for _ in range(20):
                 assert (await client.get("https://api.preprod.alignet.io/charges")).is_success
         assert set(sent) == {first.authorization}
-        server.release()
-        await let_background_run(server, 2)
+        token_mock.release()
+        await let_background_run(token_mock, 2)
         await client.get("https://api.preprod.alignet.io/charges")
         assert sent[-1] != first.authorization
 
@@ -133,20 +137,21 @@ async def test_http_requests_never_wait_for_a_background_renewal(
 async def test_failed_renewal_keeps_the_token_and_pauses(
     auth: PaymeAuth,
     clock: FakeClock,
-    server: TokenServer,
+    token_mock: PaymeTokenMock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A background renewal that fails leaves the token in use and is retried after a pause."""
-    server.answers.extend([answer(), *[httpx.Response(503)] * 3, answer()])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(503), times=3)
+    token_mock.issue(expires_in=LIFETIME)
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 4)
-    assert server.calls == 4  # one renewal: the retry policy's three attempts
+    await let_background_run(token_mock, 4)
+    assert token_mock.call_count == 4  # one renewal: the retry policy's three attempts
     for _ in range(10):  # within the pause (100 s / 20 = 5 s, -20 %): no new request
         assert settle_now(auth.get_token()) is first
     await anyio.sleep(0.02)
-    assert server.calls == 4
+    assert token_mock.call_count == 4
     stats = auth.stats()
     assert stats.failed_renewals == 1
     assert stats.failed_fetches == 0
@@ -158,41 +163,42 @@ async def test_failed_renewal_keeps_the_token_and_pauses(
     )
     clock.advance(6.01)  # past the longest pause
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 5)
+    await let_background_run(token_mock, 5)
     assert settle_now(auth.get_token()) is not first
 
 
 async def test_retry_after_lengthens_the_pause(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A Retry-After longer than the pause is honoured before the next renewal."""
-    server.answers.extend([answer(), httpx.Response(503, headers={"Retry-After": "12"})])
+    token_mock.issue(expires_in=LIFETIME)
+    token_mock.respond(httpx.Response(503, headers={"Retry-After": "12"}))
     await auth.get_token()
     clock.advance(ADVISORY + 1)
     await auth.get_token()
-    await let_background_run(server, 2)
+    await let_background_run(token_mock, 2)
     clock.advance(11.9)
     await auth.get_token()
     await anyio.sleep(0.02)
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     clock.advance(0.2)
     await auth.get_token()
-    await let_background_run(server, 3)
-    assert server.calls == 3
+    await let_background_run(token_mock, 3)
+    assert token_mock.call_count == 3
 
 
 async def test_refusal_during_renewal_is_reported_but_the_token_stays(
     auth: PaymeAuth,
     clock: FakeClock,
-    server: TokenServer,
+    token_mock: PaymeTokenMock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A 401 during a background renewal is logged at ERROR; the valid token stays in use."""
-    server.answers.extend([answer(), httpx.Response(401)])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(401))
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
     await auth.get_token()
-    await let_background_run(server, 2)
+    await let_background_run(token_mock, 2)
     assert settle_now(auth.get_token()) is first
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert len(errors) == 1
@@ -200,48 +206,48 @@ async def test_refusal_during_renewal_is_reported_but_the_token_stays(
 
 
 async def test_inside_the_margin_nobody_waits_for_a_failing_renewal(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """Inside the refresh margin callers get the valid token at once while the renewal, with
     its retries, fails in the background."""
-    server.answers.extend([answer(), *[httpx.Response(503)] * 3])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(503), times=3)
     first = await auth.get_token()
     clock.advance(MANDATORY + 1)
     assert auth.stats().state == "renewing"
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 4)  # one renewal: three attempts
+    await let_background_run(token_mock, 4)  # one renewal: three attempts
     for _ in range(10):  # no storm: the next renewal waits its pause
         assert settle_now(auth.get_token()) is first
     await anyio.sleep(0.02)
-    assert server.calls == 4
+    assert token_mock.call_count == 4
     stats = auth.stats()
     assert (stats.failed_fetches, stats.failed_renewals) == (0, 1)
 
 
 async def test_inside_the_safety_margin_a_failed_fetch_falls_back_to_the_valid_token(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """In the last seconds callers wait; if that fetch fails they get the still-valid token,
     and wait no more."""
-    server.answers.extend([answer(), *[httpx.Response(503)] * 3])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(503), times=3)
     first = await auth.get_token()
     clock.advance(SAFETY + 1)
     assert auth.stats().state == "due"
     assert await auth.get_token() is first
-    assert server.calls == 4  # one waited-on fetch: three attempts
+    assert token_mock.call_count == 4  # one waited-on fetch: three attempts
     for _ in range(10):  # no more waiting, no storm: renewal goes on in the background
         assert settle_now(auth.get_token()) is first
     await anyio.sleep(0.02)
-    assert server.calls == 4
+    assert token_mock.call_count == 4
     stats = auth.stats()
     assert (stats.failed_fetches, stats.failed_renewals) == (0, 1)
 
 
 async def test_failure_reaches_callers_once_the_token_expired(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """With the token expired, a failed fetch is the callers' error."""
-    server.answers.extend([answer(), *[httpx.Response(503)] * 3])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(503), times=3)
     await auth.get_token()
     clock.advance(LIFETIME)
     with pytest.raises(TokenEndpointUnavailableError) as caught:
@@ -250,9 +256,11 @@ async def test_failure_reaches_callers_once_the_token_expired(
     assert auth.stats().failed_fetches == 1
 
 
-async def test_refresh_raises_even_with_a_valid_token(auth: PaymeAuth, server: TokenServer) -> None:
+async def test_refresh_raises_even_with_a_valid_token(
+    auth: PaymeAuth, token_mock: PaymeTokenMock
+) -> None:
     """refresh() asks for a new token: its failure is raised, the valid token kept."""
-    server.answers.extend([answer(), httpx.Response(401)])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(401))
     first = await auth.get_token()
     with pytest.raises(InvalidCredentialsError):
         await auth.refresh()
@@ -260,90 +268,84 @@ async def test_refresh_raises_even_with_a_valid_token(auth: PaymeAuth, server: T
 
 
 async def test_waiter_on_a_failed_background_renewal_gets_the_valid_token(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A caller that must wait, and joins a background renewal that fails, gets the token."""
-    server.answers.extend([answer(), *[httpx.Response(503)] * 3, answer()])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(503), times=3)
+    token_mock.issue(expires_in=LIFETIME)
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
-    server.hold()
+    token_mock.hold()
     await auth.get_token()  # starts the background renewal, held at the gate
     clock.advance(SAFETY - ADVISORY)  # now inside the safety margin: callers must wait
 
     async def release_soon() -> None:
         await anyio.sleep(0.02)
-        server.release()
+        token_mock.release()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(release_soon)
         with anyio.fail_after(5):
             token = await auth.get_token()
     assert token is first
-    assert server.calls == 4
+    assert token_mock.call_count == 4
     assert auth.stats().failed_fetches == 0
     clock.advance(3)  # the token serves until it expires, without waiting
     assert settle_now(auth.get_token()) is first
     clock.advance(2)  # expired: the next caller waits for a new token
     assert await auth.get_token() is not first
-    assert server.calls == 5
+    assert token_mock.call_count == 5
 
 
 async def test_same_token_again_does_not_spin(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A fetch that returns the same token, expiring no later, is not repeated at once."""
-    body = token_answer(expires_in=LIFETIME)
-    server.answers.extend(
-        [
-            lambda: httpx.Response(200, json=body),
-            # What a caching server says 96 s later: the same token, 3 s left (1 s lost).
-            lambda: httpx.Response(200, json={**body, "expires_in": LIFETIME - 97}),
-        ]
-    )
+    same = new_token_value()
+    token_mock.issue(token=same, expires_in=LIFETIME)
+    # What a caching server says 96 s later: the same token, 3 s left (1 s lost).
+    token_mock.issue(token=same, expires_in=LIFETIME - 97)
     first = await auth.get_token()
     clock.advance(SAFETY + 1)  # inside the safety margin: this caller waits for the fetch
     assert await auth.get_token() is first
     for _ in range(20):  # the token is kept through the pause, even in the safety margin
         assert settle_now(auth.get_token()) is first
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     assert auth.stats().failed_fetches == 0
 
 
 async def test_same_token_with_a_later_expiry_gets_new_windows(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """The same token with a later expiry is taken as renewed, its windows placed anew."""
-    body = token_answer(expires_in=LIFETIME)
-    server.answers.extend(
-        [
-            lambda: httpx.Response(200, json=body),
-            lambda: httpx.Response(200, json={**body, "expires_in": 50}),
-        ]
-    )
+    same = new_token_value()
+    token_mock.issue(token=same, expires_in=LIFETIME).issue(token=same, expires_in=50)
     first = await auth.get_token()
     clock.advance(MANDATORY + 1)
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 2)
+    await let_background_run(token_mock, 2)
     renewed = settle_now(auth.get_token())
     assert renewed.expires_at == clock.now + 50
     assert auth.stats().state == "fresh"
     for _ in range(20):
         assert settle_now(auth.get_token()) is renewed
-    assert server.calls == 2
+    assert token_mock.call_count == 2
 
 
 async def test_expired_token_is_never_served(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """Once the token has expired, callers wait for a new one whatever the pauses say."""
-    server.answers.extend([answer(), answer(), answer()])
+    token_mock.issue(expires_in=LIFETIME, times=2)
     first = await auth.get_token()
     clock.advance(LIFETIME + 1)
     assert auth.stats().state == "expired"
     assert await auth.get_token() is not first
 
 
-async def test_advisory_window_can_be_turned_off(clock: FakeClock, server: TokenServer) -> None:
+async def test_advisory_window_can_be_turned_off(
+    clock: FakeClock, token_mock: PaymeTokenMock
+) -> None:
     """With advisory_ratio=None nothing is renewed before the refresh margin."""
     auth = PaymeAuth(
         CLIENT_ID, CLIENT_SECRET, clock=clock, refresh_margin=MARGIN, advisory_ratio=None
@@ -352,7 +354,7 @@ async def test_advisory_window_can_be_turned_off(clock: FakeClock, server: Token
     clock.advance(MANDATORY - 0.1)
     assert settle_now(auth.get_token()) is first
     await anyio.sleep(0.02)
-    assert server.calls == 1
+    assert token_mock.call_count == 1
     await auth.aclose()
 
 
@@ -366,17 +368,17 @@ def test_advisory_ratio_is_validated(ratio: object) -> None:
 
 
 async def test_closing_cancels_a_background_renewal(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """aclose() during a background renewal ends it and leaves no task behind."""
-    server.answers.append(answer())
+    token_mock.issue(expires_in=LIFETIME)
     await auth.get_token()
     tasks_before = len(anyio.get_running_tasks())
     clock.advance(ADVISORY + 1)
-    server.hold()
+    token_mock.hold()
     await auth.get_token()
     with anyio.fail_after(5):
-        while server.arrived < 2:
+        while token_mock.arrived < 2:
             await anyio.sleep(0.001)
     assert len(anyio.get_running_tasks()) > tasks_before
     await auth.aclose()
@@ -387,7 +389,7 @@ async def test_closing_cancels_a_background_renewal(
 
 
 async def test_stats_follow_the_token_through_its_life(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """stats() reports state, age, time left and counters, and holds no secret."""
     auth = PaymeAuth(
@@ -398,7 +400,7 @@ async def test_stats_follow_the_token_through_its_life(
         retry=RetryPolicy(attempts=1),
     )
     assert auth.stats().state == "none"
-    server.answers.append(httpx.Response(400, json={"error_description": CLIENT_SECRET}))
+    token_mock.respond(httpx.Response(400, json={"error_description": CLIENT_SECRET}))
     with pytest.raises(TokenRefusedError):
         await auth.get_token()
     token = await auth.get_token()
@@ -419,7 +421,7 @@ async def test_stats_follow_the_token_through_its_life(
     assert auth.stats().state == "closed"
 
 
-async def test_replays_are_counted(server: TokenServer) -> None:
+async def test_replays_are_counted(token_mock: PaymeTokenMock) -> None:
     """Each request replayed after a 401 counts in stats().replays."""
     answers = iter([401, 200])
 
@@ -437,14 +439,14 @@ async def test_replays_are_counted(server: TokenServer) -> None:
 
 
 async def test_revoked_credentials_serve_the_token_until_it_expires(
-    auth: PaymeAuth, clock: FakeClock, server: TokenServer, caplog: pytest.LogCaptureFixture
+    auth: PaymeAuth, clock: FakeClock, token_mock: PaymeTokenMock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Revoked credentials: the token serves until it expires, then callers get the refusal."""
-    server.answers.extend([answer(), *[httpx.Response(401)] * 3])
+    token_mock.issue(expires_in=LIFETIME).respond(httpx.Response(401), times=2)
     first = await auth.get_token()
     clock.advance(ADVISORY + 1)
     assert settle_now(auth.get_token()) is first
-    await let_background_run(server, 2)
+    await let_background_run(token_mock, 2)
     clock.advance(MANDATORY - ADVISORY)
     assert settle_now(auth.get_token()) is first  # inside the margin, still valid
     assert all(

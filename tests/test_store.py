@@ -25,6 +25,7 @@ from payme_auth import (
 )
 from payme_auth import _store as store_module
 from payme_auth._store import MemoryTokenStore, SharedToken, TokenStore, lease_ttl, store_key
+from payme_auth.testing import PaymeTokenMock
 
 from .conftest import (
     CLIENT_ID,
@@ -32,8 +33,8 @@ from .conftest import (
     FAST_RETRY,
     TOKEN_MARK,
     FakeClock,
-    TokenServer,
-    token_answer,
+    eventually,
+    new_token_value,
 )
 
 pytestmark = pytest.mark.anyio
@@ -74,31 +75,25 @@ class CountingStore(MemoryTokenStore):
         return await super().acquire(key, owner, ttl)
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(5):
-        while not condition():
-            await anyio.sleep(0.005)
-
-
 # -- sharing -------------------------------------------------------------------------------
 
 
 async def test_a_second_process_takes_the_stored_token(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """The second provider gets the first one's token from the store: one request in all.
     It assumes the token expires CLOCK_SKEW seconds earlier (another host's clock)."""
     store = MemoryTokenStore(clock)
     first = await make_auth(clock, store).get_token()
     second = await make_auth(clock, store).get_token()
-    assert server.calls == 1
+    assert token_mock.call_count == 1
     assert second.value == first.value
     assert second.expires_at == pytest.approx(first.expires_at - SKEW)
     assert second.expires_in == first.expires_in
 
 
 async def test_many_providers_and_callers_share_one_request(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """5 providers with 40 callers each, all at once: one token request, one token."""
     store = MemoryTokenStore(clock)
@@ -108,21 +103,23 @@ async def test_many_providers_and_callers_share_one_request(
     async def one(auth: PaymeAuth) -> None:
         tokens.append(await auth.get_token())
 
-    server.hold()
+    token_mock.hold()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             for auth in auths:
                 for _ in range(40):
                     group.start_soon(one, auth)
-            await eventually(lambda: server.arrived == 1)
+            await eventually(lambda: token_mock.arrived == 1)
             await anyio.sleep(0.05)  # every provider is waiting on the lease by now
-            server.release()
-    assert server.calls == 1
+            token_mock.release()
+    assert token_mock.call_count == 1
     assert len(tokens) == 200
     assert len({token.value for token in tokens}) == 1
 
 
-async def test_a_cached_token_never_asks_the_store(clock: FakeClock, server: TokenServer) -> None:
+async def test_a_cached_token_never_asks_the_store(
+    clock: FakeClock, token_mock: PaymeTokenMock
+) -> None:
     """The hot path stays local: once a token is cached, getting it makes no store call."""
     store = CountingStore(clock)
     auth = make_auth(clock, store)
@@ -131,11 +128,11 @@ async def test_a_cached_token_never_asks_the_store(clock: FakeClock, server: Tok
     for _ in range(100):
         await auth.get_token()
     assert store.calls == calls
-    assert server.calls == 1
+    assert token_mock.call_count == 1
 
 
 async def test_background_renewal_takes_a_newer_stored_token(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """In the advisory window a provider first looks in the store: another provider's
     renewal already put a newer token there, so it takes that one without a request."""
@@ -147,15 +144,15 @@ async def test_background_renewal_takes_a_newer_stored_token(
     assert (await one.get_token()).value == first.value  # served, renewal in the background
     await eventually(lambda: one.stats().state == "fresh")
     renewed = one.stats().token_fingerprint
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     assert (await two.get_token()).value == first.value
     await eventually(lambda: two.stats().token_fingerprint == renewed)
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     assert two.stats().background_renewals == 1
 
 
 async def test_a_stored_token_inside_its_margin_is_not_taken(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A stored token already due for renewal is ignored: a new one is fetched and stored."""
     store = MemoryTokenStore(clock)
@@ -167,14 +164,14 @@ async def test_a_stored_token_inside_its_margin_is_not_taken(
     await store.publish(key_of(auth), old)
     token = await auth.get_token()
     assert token.value != old.value
-    assert server.calls == 1
+    assert token_mock.call_count == 1
     stored = await store.get(key_of(auth))
     assert stored is not None
     assert stored.value == token.value
 
 
 async def test_forced_refresh_replaces_the_stored_token(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """refresh() does not settle for the token it already has, even if the store has it."""
     store = MemoryTokenStore(clock)
@@ -183,24 +180,25 @@ async def test_forced_refresh_replaces_the_stored_token(
     clock.advance(1)
     second = await auth.refresh()
     assert second.value != first.value
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     stored = await store.get(key_of(auth))
     assert stored is not None
     assert stored.value == second.value
 
 
-async def test_the_same_token_again_is_not_published(clock: FakeClock, server: TokenServer) -> None:
+async def test_the_same_token_again_is_not_published(
+    clock: FakeClock, token_mock: PaymeTokenMock
+) -> None:
     """A server that answers with the token it gave before does not make it look newer in
     the store: the stored issue time stays the first one."""
     store = MemoryTokenStore(clock)
     auth = make_auth(clock, store)
-    same = token_answer()
-    server.answers.extend([lambda: httpx.Response(200, json=same)] * 2)
+    token_mock.issue(token=new_token_value(), times=2)
     first = await auth.get_token()
     before = await store.get(key_of(auth))
     clock.advance(100)
     assert (await auth.refresh()).value == first.value
-    assert server.calls == 2
+    assert token_mock.call_count == 2
     assert await store.get(key_of(auth)) == before
 
 
@@ -208,7 +206,7 @@ async def test_the_same_token_again_is_not_published(clock: FakeClock, server: T
 
 
 async def test_a_refused_token_is_dropped_from_the_store_and_replaced_once(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """Both providers see the API refuse the shared token: the first drops it from the
     store and fetches; the second takes the new one. Two requests in all."""
@@ -221,11 +219,11 @@ async def test_a_refused_token_is_dropped_from_the_store_and_replaced_once(
     assert second.value != first.value
     assert two.invalidate(refused)
     assert (await two.get_token()).value == second.value
-    assert server.calls == 2
+    assert token_mock.call_count == 2
 
 
 async def test_a_stale_refusal_keeps_a_newer_stored_token(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A provider refused with an old token takes the newer stored one and leaves it."""
     store = MemoryTokenStore(clock)
@@ -239,10 +237,12 @@ async def test_a_stale_refusal_keeps_a_newer_stored_token(
     stored = await store.get(key_of(one))
     assert stored is not None
     assert stored.value == newer.value
-    assert server.calls == 2
+    assert token_mock.call_count == 2
 
 
-async def test_a_refused_token_is_never_taken_back(clock: FakeClock, server: TokenServer) -> None:
+async def test_a_refused_token_is_never_taken_back(
+    clock: FakeClock, token_mock: PaymeTokenMock
+) -> None:
     """After a refusal the provider fetches even if the refused token is back in the store."""
     store = MemoryTokenStore(clock)
     auth = make_auth(clock, store)
@@ -254,14 +254,14 @@ async def test_a_refused_token_is_never_taken_back(clock: FakeClock, server: Tok
     auth.invalidate(second)
     third = await auth.get_token()
     assert third.value not in (first.value, second.value)
-    assert server.calls == 3
+    assert token_mock.call_count == 3
 
 
 # -- leases --------------------------------------------------------------------------------
 
 
 async def test_a_crashed_lease_holder_blocks_only_until_its_lease_lapses(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A lease whose holder died is waited on until it lapses; then this provider fetches."""
     store = MemoryTokenStore(clock)
@@ -276,9 +276,9 @@ async def test_a_crashed_lease_holder_blocks_only_until_its_lease_lapses(
 
             group.start_soon(get)
             await anyio.sleep(0.1)
-            assert server.calls == 0  # waiting for the holder
+            assert token_mock.call_count == 0  # waiting for the holder
             clock.advance(10)
-    assert server.calls == 1
+    assert token_mock.call_count == 1
     assert len(got) == 1
 
 
@@ -290,7 +290,7 @@ class HeldStore(MemoryTokenStore):
 
 
 async def test_waiting_for_another_holder_is_bounded(
-    clock: FakeClock, server: TokenServer, caplog: pytest.LogCaptureFixture
+    clock: FakeClock, token_mock: PaymeTokenMock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the lease never free and no token coming, the wait ends after twice the lease's
     time to live and the provider fetches on its own, saying so."""
@@ -300,25 +300,25 @@ async def test_waiting_for_another_holder_is_bounded(
     with anyio.fail_after(5):
         await auth.get_token()
     assert 2 * ttl <= time.monotonic() - began < 2 * ttl + 1.5
-    assert server.calls == 1
+    assert token_mock.call_count == 1
     assert any("no token came within" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_fetch_stopped_by_aclose_releases_the_lease(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A fetch cancelled while it holds the lease (by aclose) gives the lease back."""
     store = MemoryTokenStore(clock)
     auth = make_auth(clock, store)
-    server.hold()
+    token_mock.hold()
     with anyio.move_on_after(0.2):
         await auth.get_token()
-    assert server.arrived == 1
+    assert token_mock.arrived == 1
     assert not await store.acquire(key_of(auth), "next", 1)  # the flight still holds it
     await auth.aclose()
     await eventually(lambda: store._leases.get(key_of(auth)) is None)
     assert await store.acquire(key_of(auth), "next", 1)
-    server.release()
+    token_mock.release()
 
 
 @pytest.mark.parametrize(
@@ -356,27 +356,27 @@ class HangingStore(MemoryTokenStore):
 
 
 async def test_a_broken_store_means_local_fetches_and_one_warning(
-    clock: FakeClock, server: TokenServer, caplog: pytest.LogCaptureFixture
+    clock: FakeClock, token_mock: PaymeTokenMock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every fetch still happens, locally; the fallback is a WARNING once, DEBUG after."""
     auth = make_auth(clock, BrokenStore(clock))
     for _ in range(3):
         await auth.refresh()
-    assert server.calls == 3
+    assert token_mock.call_count == 3
     records = [r for r in caplog.records if "token store failed" in r.getMessage()]
     assert [r.levelno for r in records] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert "get: ConnectionError: connection refused" in records[0].getMessage()
 
 
 async def test_a_hanging_store_is_bounded(
-    clock: FakeClock, server: TokenServer, monkeypatch: pytest.MonkeyPatch
+    clock: FakeClock, token_mock: PaymeTokenMock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store call that never returns is abandoned after the call limit."""
     monkeypatch.setattr(store_module, "_CALL_LIMIT", 0.1)
     auth = make_auth(clock, HangingStore(clock))
     with anyio.fail_after(2):
         await auth.get_token()
-    assert server.calls == 1
+    assert token_mock.call_count == 1
 
 
 class MisplacedStore(MemoryTokenStore):
@@ -387,13 +387,13 @@ class MisplacedStore(MemoryTokenStore):
 
 
 async def test_a_configuration_error_reaches_the_caller(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A ConfigurationError from the store is not a reason to go without it: it is raised."""
     auth = make_auth(clock, MisplacedStore(clock))
     with pytest.raises(ConfigurationError, match="cannot run here"):
         await auth.get_token()
-    assert server.calls == 0
+    assert token_mock.call_count == 0
 
 
 def test_store_must_be_a_token_store() -> None:
@@ -524,7 +524,7 @@ def test_store_key_shows_nothing_and_costs_a_scrypt_run() -> None:
 
 
 async def test_a_wrong_secret_never_takes_the_fleets_token(
-    clock: FakeClock, server: TokenServer
+    clock: FakeClock, token_mock: PaymeTokenMock
 ) -> None:
     """A provider with another secret asks Pay-me itself instead of taking the stored token."""
     store = MemoryTokenStore(clock)
@@ -532,11 +532,11 @@ async def test_a_wrong_secret_never_takes_the_fleets_token(
         make_auth(clock, store) as right,
         make_auth(clock, store, client_secret="a-mistyped-secret") as wrong,
     ):
-        assert (await right.get_token()).value in server.issued
-        server.answers.append(httpx.Response(401, json={"error": "access_denied"}))
+        assert (await right.get_token()).value in token_mock.tokens
+        token_mock.respond(httpx.Response(401, json={"error": "access_denied"}))
         with pytest.raises(InvalidCredentialsError):
             await wrong.get_token()
-    assert server.calls == 2
+    assert token_mock.call_count == 2
 
 
 async def test_memory_store_forgets_expired_tokens(clock: FakeClock) -> None:

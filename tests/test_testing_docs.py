@@ -39,7 +39,7 @@ PASSED = {
     "test_with_mock.py": 4,
     "test_outages.py": 10,
     "test_with_emulator.py": 6,
-    "test_concurrency.py": 4,
+    "test_concurrency.py": 6,
     "test_without_fixtures.py": 4,
 }
 """Tests each recipe file must pass (each async test runs on asyncio and trio)."""

@@ -15,8 +15,11 @@ Rules:
   leaves out the token.
 - respx is imported when a mock is built, not before: it is an optional dependency
   (``payme-auth[testing]``).
-- Waiting (``delay``, :meth:`PaymeTokenMock.hang`) is ``anyio.sleep``, so asyncio and trio
-  both work; answers that wait are for async clients only (PaymeAuth is one).
+- Waiting (``delay``, :meth:`PaymeTokenMock.hang`, the gate of :meth:`PaymeTokenMock.hold`)
+  is anyio's, so asyncio and trio both work; answers that wait are for async clients only
+  (PaymeAuth is one).
+- A request held at the gate is counted in ``arrived`` at once, but takes its answer (the
+  next queued one) and its record only once released: ``calls`` are the requests answered.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import itertools
 import json
 import secrets
 import threading
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +82,7 @@ class _Plan:
     expires_in: int | str | _Default | None = _DEFAULT
     scope: str | None = None
     token: str | None = attrs.field(default=None, repr=False)
+    build: Callable[[httpx.Request], httpx.Response] | None = None
 
 
 def _envelope(code: str, message: str, **fields: object) -> dict[str, object]:
@@ -129,6 +133,8 @@ class PaymeTokenMock:
     Queue answers with :meth:`issue`, :meth:`refuse`, :meth:`fail`, :meth:`respond`,
     :meth:`disconnect` and :meth:`hang`; each serves one request, in order. With nothing
     queued, a token is issued. Read what was asked in :attr:`calls` and :attr:`requests`.
+    Hold the requests unanswered with :meth:`hold` until :meth:`release`, to have many
+    callers waiting on one request at a moment of the test's choosing.
 
     Only the token URLs are mocked. Mock the Pay-me API (and anything else your code calls)
     with routes of your own: in another active respx router (``respx_mock``, ``with
@@ -145,6 +151,9 @@ class PaymeTokenMock:
             refusal, like a wrong secret. Default: any credentials are accepted.
         client_secret: see *client_id*.
         expires_in: the ``expires_in`` of tokens issued by default, in seconds.
+        token_prefix: how the tokens it makes up begin (a serial number and random
+            characters follow): a mark to look for, say, in log records that must hold no
+            token.
         assert_all_used: at a clean exit, fail (``AssertionError``) if queued answers were
             never used: a test that queued them expected them to be asked for.
 
@@ -161,6 +170,7 @@ class PaymeTokenMock:
         client_id: str | None = None,
         client_secret: str | None = None,
         expires_in: int = DEFAULT_EXPIRES_IN,
+        token_prefix: str = "mock-token-",  # noqa: S107 - a mark, not a password
         assert_all_used: bool = True,
     ) -> None:
         try:
@@ -182,6 +192,7 @@ class PaymeTokenMock:
                 check_text("client_secret", client_secret),
             )
         self._expires_in = check_int("expires_in", expires_in, 1)
+        self._token_prefix = check_text("token_prefix", token_prefix)
         self.environments = _environments(environments)
         """The environments whose token URL is mocked."""
         self._token_urls = tuple(dict.fromkeys(env.token_url for env in self.environments))
@@ -193,6 +204,9 @@ class PaymeTokenMock:
         self._lock = threading.Lock()
         self._queue: list[_Plan] = []
         self._calls: list[TokenCall] = []
+        self._gate: _Gate | None = None
+        self._arrived = 0
+        self._held = 0
 
     def __repr__(self) -> str:
         names = ", ".join(env.name for env in self.environments)
@@ -294,7 +308,11 @@ class PaymeTokenMock:
         return self._enqueue(attrs.evolve(plan, delay=check_delay(delay)), times)
 
     def respond(
-        self, response: httpx.Response, *, times: int = 1, delay: float = 0.0
+        self,
+        response: httpx.Response | Callable[[httpx.Request], httpx.Response],
+        *,
+        times: int = 1,
+        delay: float = 0.0,
     ) -> PaymeTokenMock:
         """Queue an answer of your own making: any status, headers and body.
 
@@ -302,16 +320,36 @@ class PaymeTokenMock:
 
             mock.respond(httpx.Response(200, json={"success": False}))
 
+        Or a function that builds the answer from the request, called once for each request
+        it serves: for a streamed body, or one that depends on what was sent::
+
+            async def chunks():
+                yield b'{"access_token": "'
+                yield b"x" * 1_000_000
+
+            mock.respond(lambda request: httpx.Response(200, content=chunks()))
+
+        The function must return an :class:`httpx.Response`; anything else, or an exception
+        it raises, reaches the client as an error of its request.
+
         Raises:
-            ConfigurationError: *response* is not an :class:`httpx.Response` with its body
-                in memory.
+            ConfigurationError: *response* is neither an :class:`httpx.Response` with its
+                body in memory nor a callable.
         """
+        if callable(response) and not isinstance(response, httpx.Response):
+            plan = _Plan(kind="response", delay=check_delay(delay), build=response)
+            return self._enqueue(plan, times)
         if not isinstance(response, httpx.Response):
-            raise ConfigurationError(f"response must be an httpx.Response, not {response!r}")
+            raise ConfigurationError(
+                f"response must be an httpx.Response or a function, not {response!r}"
+            )
         try:
             content = response.read()
         except (httpx.StreamError, RuntimeError) as exc:
-            raise ConfigurationError("response must have its body in memory, not streamed") from exc
+            raise ConfigurationError(
+                "response must have its body in memory, not streamed: pass a function that "
+                "builds it for each request"
+            ) from exc
         plan = _Plan(
             kind="response",
             delay=check_delay(delay),
@@ -332,6 +370,60 @@ class PaymeTokenMock:
         (``PaymeAuth(..., timeout=0.1)``) to keep the test fast.
         """
         return self._enqueue(_Plan(kind="hang"), times)
+
+    # -- holding requests --------------------------------------------------------------------
+
+    def hold(self) -> PaymeTokenMock:
+        """Hold the requests that arrive from now on, unanswered, until :meth:`release`.
+
+        A held request is counted in :attr:`arrived` and :attr:`held` at once; it takes its
+        answer (the next queued one, or a token) and enters :attr:`calls` only when released.
+        One that its client gives up while held (a timeout, a cancellation) gets neither.
+        Holding while already holding changes nothing. For async clients only::
+
+            mock.hold()
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(auth.get_token)
+                while mock.held == 0:  # the one token request is in
+                    await anyio.sleep(0.01)
+                mock.release()
+            assert mock.arrived == 1
+
+        Returns the mock, so that calls chain: ``mock.hold().refuse(401)``.
+        """
+        with self._lock:
+            if self._gate is None:
+                self._gate = _Gate()
+        return self
+
+    def release(self) -> None:
+        """Answer the held requests, and let those that arrive later through at once.
+
+        Call it from the event loop the requests are sent on.
+
+        Raises:
+            RuntimeError: the mock is not holding requests (no :meth:`hold` since the last
+                release).
+        """
+        with self._lock:
+            gate, self._gate = self._gate, None
+        if gate is None:
+            raise RuntimeError("release() without hold(): no request is being held")
+        gate.open()
+
+    @property
+    def held(self) -> int:
+        """How many requests are waiting at the gate of :meth:`hold` now."""
+        with self._lock:
+            return self._held
+
+    @property
+    def arrived(self) -> int:
+        """How many requests arrived: those in :attr:`calls`, those :attr:`held` now, and
+        those whose client gave up while they were held."""
+        with self._lock:
+            return self._arrived
 
     def _enqueue(self, plan: _Plan, times: int) -> PaymeTokenMock:
         count = check_times(times)
@@ -370,10 +462,11 @@ class PaymeTokenMock:
             return len(self._queue)
 
     def reset(self) -> None:
-        """Drop the queued answers and forget the requests received."""
+        """Drop the queued answers and forget the requests received (held ones still wait)."""
         with self._lock:
             self._queue.clear()
             self._calls.clear()
+            self._arrived = self._held
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -443,7 +536,27 @@ class PaymeTokenMock:
     # -- answering ---------------------------------------------------------------------------
 
     def _answer(self, request: httpx.Request) -> httpx.Response | Awaitable[httpx.Response]:
-        """respx's side effect: decide, record, then answer (now or after a wait)."""
+        """respx's side effect: wait at the gate if one is closed, then settle."""
+        with self._lock:
+            self._arrived += 1
+            gate = self._gate
+            if gate is not None:
+                self._held += 1
+        if gate is None:
+            return self._settle(request)
+        return self._settle_when_released(gate, request)
+
+    async def _settle_when_released(self, gate: _Gate, request: httpx.Request) -> httpx.Response:
+        try:
+            await gate.wait()
+        finally:
+            with self._lock:
+                self._held -= 1
+        outcome = self._settle(request)
+        return outcome if isinstance(outcome, httpx.Response) else await outcome
+
+    def _settle(self, request: httpx.Request) -> httpx.Response | Awaitable[httpx.Response]:
+        """Decide, record, then answer (now or after a wait)."""
         try:
             parsed = json.loads(request.content)
         except (ValueError, httpx.RequestNotRead):  # not JSON, or a stream never read
@@ -451,8 +564,11 @@ class PaymeTokenMock:
         body = parsed if isinstance(parsed, dict) else None
         with self._lock:
             plan = self._decide(body)
+        # The test's own function runs outside the lock: it may read the mock.
+        built = None if plan.build is None else _built(plan.build, request)
+        with self._lock:
             token = self._token_for(plan)
-            response = self._response_for(plan, body, token)
+            response = self._response_for(plan, body, token) if built is None else built
             status = None if response is None else response.status_code
             self._calls.append(
                 TokenCall(
@@ -486,7 +602,7 @@ class PaymeTokenMock:
     def _token_for(self, plan: _Plan) -> str | None:
         if plan.kind != "token":
             return None
-        return plan.token or f"mock-token-{next(_serial)}-{secrets.token_urlsafe(12)}"
+        return plan.token or f"{self._token_prefix}{next(_serial)}-{secrets.token_urlsafe(12)}"
 
     def _response_for(
         self, plan: _Plan, body: Mapping[str, Any] | None, token: str | None
@@ -503,6 +619,34 @@ class PaymeTokenMock:
         fields["token_type"] = "Bearer"
         payload = _envelope("00", "Access Token creado", **fields)
         return httpx.Response(200, json=payload, headers=_NO_STORE)
+
+
+class _Gate:
+    """Where held requests wait: one anyio event per waiter, made in its own event loop."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._events: list[anyio.Event] = []
+
+    async def wait(self) -> None:
+        if not self._open:
+            event = anyio.Event()
+            self._events.append(event)
+            await event.wait()
+
+    def open(self) -> None:
+        self._open = True
+        for event in self._events:
+            event.set()
+
+
+def _built(
+    build: Callable[[httpx.Request], httpx.Response], request: httpx.Request
+) -> httpx.Response:
+    response = build(request)
+    if not isinstance(response, httpx.Response):
+        raise TypeError(f"a respond() function must return an httpx.Response, not {response!r}")
+    return response
 
 
 def _phrase(status: int) -> str:
