@@ -420,8 +420,8 @@ class PaymeTokenMock:
 
     @property
     def arrived(self) -> int:
-        """How many requests arrived: those in :attr:`calls`, those :attr:`held` now, and
-        those whose client gave up while they were held."""
+        """The number of requests that arrived, counting those in :attr:`calls`, those
+        :attr:`held` now, and those whose client gave up while they were held."""
         with self._lock:
             return self._arrived
 
