@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from payme_auth import Environment, RetryPolicy
-from payme_auth.testing import PaymeTokenMock
+from payme_auth.testing import EmulatorServer, PaymeEmulator, PaymeTokenMock, run_emulator
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "CLIENT-SECRET-s3cr3t"
@@ -123,6 +123,13 @@ def token_mock(
     mock.start()
     yield mock
     mock.stop(check=request.session.testsfailed == failed_before)
+
+
+@pytest.fixture
+def emulator_server() -> Iterator[EmulatorServer]:
+    """The Pay-me emulator on a loopback port, knowing the test credentials."""
+    with run_emulator(PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)) as server:
+        yield server
 
 
 async def eventually(

@@ -16,7 +16,7 @@ import io
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -27,7 +27,7 @@ from aiohttp import web
 
 from payme_auth import ConfigurationError, InvalidCredentialsError, PaymeAuth
 from payme_auth.aiohttp import PaymeAuthMiddleware
-from payme_auth.testing import EmulatorServer, PaymeEmulator, run_emulator
+from payme_auth.testing import EmulatorServer
 
 from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRY
 
@@ -102,14 +102,6 @@ async def serving(host: str) -> AsyncIterator[Stub]:
             yield stub
         finally:
             await runner.cleanup()
-
-
-@pytest.fixture
-def emulator_server() -> Iterator[EmulatorServer]:
-    """The Pay-me emulator on loopback, knowing the test credentials."""
-    emulator = PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
-    with run_emulator(emulator) as server:
-        yield server
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import anyio
 import httpx
 import pytest
 
-from payme_auth.testing import EmulatorServer, PaymeEmulator, run_emulator
+from payme_auth.testing import EmulatorServer
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
 
@@ -159,14 +159,6 @@ def serve_aiohttp() -> Iterator[str]:
 
 
 SERVERS = {"fastapi": serve_fastapi, "aiohttp": serve_aiohttp}
-
-
-@pytest.fixture
-def emulator_server() -> Iterator[EmulatorServer]:
-    """The Pay-me emulator on loopback, knowing the test credentials."""
-    emulator = PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
-    with run_emulator(emulator) as server:
-        yield server
 
 
 @pytest.fixture

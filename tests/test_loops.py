@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -22,30 +21,22 @@ import trio
 
 from payme_auth import AccessToken, AuthClosedError, PaymeAuth, RetryPolicy
 from payme_auth.testing import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     EmulatorServer,
     PaymeEmulator,
     run_emulator,
 )
 
-from .conftest import FakeClock
+from .conftest import CLIENT_ID, CLIENT_SECRET, FakeClock
 from .test_renewal import settle_now
 
 QUICK = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
 
 
-@pytest.fixture
-def served() -> Iterator[EmulatorServer]:
-    with run_emulator(PaymeEmulator()) as server:
-        yield server
-
-
 def make_auth(server: EmulatorServer, **kwargs: object) -> PaymeAuth:
     kwargs.setdefault("retry", QUICK)
     return PaymeAuth(
-        DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
+        CLIENT_ID,
+        CLIENT_SECRET,
         environment=server.environment,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -55,12 +46,14 @@ def token_requests(server: EmulatorServer) -> int:
     return server.emulator.stats.token_requests
 
 
-def test_threads_with_their_own_loops_never_wait_on_each_other(served: EmulatorServer) -> None:
+def test_threads_with_their_own_loops_never_wait_on_each_other(
+    emulator_server: EmulatorServer,
+) -> None:
     """Eight threads, each running asyncio.run() with its own crowd, share one PaymeAuth while
     their fetches overlap: every thread gets a token, none waits on another loop's fetch,
     and there is at most one token request per event loop."""
-    served.emulator.token_latency = 0.3
-    auth = make_auth(served)
+    emulator_server.emulator.token_latency = 0.3
+    auth = make_auth(emulator_server)
     got: dict[int, set[str]] = {}
     start = threading.Barrier(8)
 
@@ -89,26 +82,26 @@ def test_threads_with_their_own_loops_never_wait_on_each_other(served: EmulatorS
     assert time.monotonic() - began < 10
     assert sorted(got) == list(range(8))
     assert all(len(values) == 1 for values in got.values())
-    assert 1 <= token_requests(served) <= 8
+    assert 1 <= token_requests(emulator_server) <= 8
     auth.close()
 
 
-def test_consecutive_event_loops_share_the_token(served: EmulatorServer) -> None:
+def test_consecutive_event_loops_share_the_token(emulator_server: EmulatorServer) -> None:
     """asyncio.run(), then trio.run(), then asyncio.run() again: one token, one request."""
-    auth = make_auth(served)
+    auth = make_auth(emulator_server)
     first = asyncio.run(auth.get_token())
     second = trio.run(auth.get_token)
     third = asyncio.run(auth.get_token())
     assert first is second is third
-    assert token_requests(served) == 1
+    assert token_requests(emulator_server) == 1
     auth.close()
 
 
-def test_a_fetch_left_in_a_closed_loop_holds_nobody(served: EmulatorServer) -> None:
+def test_a_fetch_left_in_a_closed_loop_holds_nobody(emulator_server: EmulatorServer) -> None:
     """A loop closed (without cancelling its tasks) while its fetch is in the air: the next
     asyncio.run() and a trio.run() start fetches of their own and get tokens at once."""
-    served.emulator.token_latency = 5.0
-    auth = make_auth(served, timeout=8.0)
+    emulator_server.emulator.token_latency = 5.0
+    auth = make_auth(emulator_server, timeout=8.0)
     loop = asyncio.new_event_loop()
 
     async def start_a_fetch() -> None:
@@ -117,27 +110,29 @@ def test_a_fetch_left_in_a_closed_loop_holds_nobody(served: EmulatorServer) -> N
 
     loop.run_until_complete(start_a_fetch())
     loop.close()  # its fetch task is left pending for good
-    served.emulator.token_latency = 0.0
+    emulator_server.emulator.token_latency = 0.0
     began = time.monotonic()
     token = asyncio.run(auth.get_token())
     assert trio.run(auth.get_token) is token
     assert time.monotonic() - began < 3
-    assert token_requests(served) == 2  # the stranded request, and the one that landed
+    assert token_requests(emulator_server) == 2  # the stranded request, and the one that landed
     auth.close()
 
 
-def test_a_renewal_left_in_a_closed_loop_holds_back_nothing(served: EmulatorServer) -> None:
+def test_a_renewal_left_in_a_closed_loop_holds_back_nothing(
+    emulator_server: EmulatorServer,
+) -> None:
     """A background renewal stranded in a closed loop: once its token expires, callers of a
     new loop fetch their own and are not held by the stranded one."""
-    served.emulator.token_lifetime = 2
-    auth = make_auth(served, refresh_margin=0.5, timeout=2.0)
+    emulator_server.emulator.token_lifetime = 2
+    auth = make_auth(emulator_server, refresh_margin=0.5, timeout=2.0)
     loop = asyncio.new_event_loop()
     first = loop.run_until_complete(auth.get_token())
-    served.emulator.token_latency = 30.0
+    emulator_server.emulator.token_latency = 30.0
     time.sleep(1.2)  # into the advisory window
     assert loop.run_until_complete(auth.get_token()) is first  # starts the renewal
     loop.close()
-    served.emulator.token_latency = 0.0
+    emulator_server.emulator.token_latency = 0.0
     time.sleep(1.0)  # the first token has expired
     began = time.monotonic()
     token = asyncio.run(auth.get_token())
@@ -149,11 +144,11 @@ def test_a_renewal_left_in_a_closed_loop_holds_back_nothing(served: EmulatorServ
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 # Forking with a fetch in another thread is the very case under test (Python 3.12+ warns).
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_a_child_forked_during_a_fetch_fetches_its_own(served: EmulatorServer) -> None:
+def test_a_child_forked_during_a_fetch_fetches_its_own(emulator_server: EmulatorServer) -> None:
     """fork() while another thread's fetch is in the air: the child never waits on it; it
     fetches a token of its own and exits."""
-    served.emulator.token_latency = 3.0
-    auth = make_auth(served)
+    emulator_server.emulator.token_latency = 3.0
+    auth = make_auth(emulator_server)
     in_air = threading.Event()
 
     async def fetch_slowly() -> None:
@@ -164,7 +159,7 @@ def test_a_child_forked_during_a_fetch_fetches_its_own(served: EmulatorServer) -
     parent.start()
     assert in_air.wait(5)
     time.sleep(0.2)  # the request is out
-    served.emulator.token_latency = 0.0
+    emulator_server.emulator.token_latency = 0.0
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's outcome is reported through the pipe
@@ -210,11 +205,13 @@ class _deadline:  # noqa: N801
 
 
 @pytest.mark.anyio
-async def test_aclose_stops_a_fetch_against_a_hanging_endpoint(served: EmulatorServer) -> None:
+async def test_aclose_stops_a_fetch_against_a_hanging_endpoint(
+    emulator_server: EmulatorServer,
+) -> None:
     """Without async with, aclose() during a fetch to an endpoint that never answers: every
     waiter gets AuthClosedError at once, and no token request leaves after it returns."""
-    served.emulator.token_latency = 60.0
-    auth = make_auth(served, timeout=3.0)
+    emulator_server.emulator.token_latency = 60.0
+    auth = make_auth(emulator_server, timeout=3.0)
     errors: list[float] = []
 
     async def call() -> None:
@@ -226,15 +223,15 @@ async def test_aclose_stops_a_fetch_against_a_hanging_endpoint(served: EmulatorS
         async with anyio.create_task_group() as tg:
             for _ in range(100):
                 tg.start_soon(call)
-            while token_requests(served) < 1:
+            while token_requests(emulator_server) < 1:
                 await anyio.sleep(0.005)
             await auth.aclose()
             closed_at = time.monotonic()
     assert len(errors) == 100
     assert max(errors) - closed_at < 0.1
-    sent = token_requests(served)
+    sent = token_requests(emulator_server)
     await anyio.sleep(0.3)
-    assert token_requests(served) == sent == 1
+    assert token_requests(emulator_server) == sent == 1
 
 
 @pytest.mark.anyio
@@ -245,7 +242,10 @@ async def test_an_outage_inside_the_margin_makes_nobody_wait(outage: str) -> Non
     get it without waiting, and the renewal goes on in the background."""
     clock = FakeClock()
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(run_emulator(PaymeEmulator(token_lifetime=60)))
+        emulator = PaymeEmulator(
+            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_lifetime=60
+        )
+        server = stack.enter_context(run_emulator(emulator))
         auth = make_auth(server, clock=clock, refresh_margin=25, advisory_ratio=None, timeout=3)
         first = await auth.get_token()
         if outage == "refused":
