@@ -2,7 +2,7 @@
 
 Build with ``nox -s docs`` (warnings are errors, and a reference that leads nowhere is a
 warning: ``nitpicky``). The build has no network: intersphinx links the outside names
-(Python, httpx, respx, redis-py, cryptography) from the small inventories in
+(Python, httpx, respx, redis-py, requests, cryptography) from the small inventories in
 ``_inventories/``, written by ``_inventories/make.py``.
 """
 
@@ -77,6 +77,7 @@ intersphinx_mapping = {
     "httpx": ("https://www.python-httpx.org/", "_inventories/httpx.inv"),
     "respx": ("https://lundberg.github.io/respx/", "_inventories/respx.inv"),
     "redis": ("https://redis.readthedocs.io/en/stable/", "_inventories/redis.inv"),
+    "requests": ("https://requests.readthedocs.io/en/latest/", "_inventories/requests.inv"),
     "cryptography": ("https://cryptography.io/en/latest/", "_inventories/cryptography.inv"),
 }
 intersphinx_timeout = 1

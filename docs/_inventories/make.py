@@ -88,6 +88,16 @@ INVENTORIES: dict[str, tuple[str, str, dict[str, tuple[str, str]]]] = {
             "respx.Route": ("py:class", "api/#route"),
         },
     ),
+    "requests": (
+        "Requests",
+        "2",
+        {
+            "requests.Session": ("py:class", "api/#$"),
+            "requests.PreparedRequest": ("py:class", "api/#$"),
+            "requests.Response": ("py:class", "api/#$"),
+            "requests.auth.AuthBase": ("py:class", "api/#$"),
+        },
+    ),
     "redis": (
         "redis-py",
         "5",
