@@ -312,7 +312,13 @@ class TokenProvider:
         if self._closed:
             raise AuthClosedError("this PaymeAuth is closed")
         with self._guard:
-            flight = self._thread_flight or self._launch_thread(forced=forced)
+            flight = self._thread_flight
+            if flight is None:
+                # A flight may have landed since this caller looked at the cache.
+                entry = self._entry
+                if not forced and entry is not None and self._clock() < entry[1].wait_at:
+                    return entry[0]
+                flight = self._launch_thread(forced=forced)
         flight.landed.wait()  # bounded: a flight's attempts and timeouts bound it
         result, traceback = flight.outcome
         return self._settle(result, traceback, forced=forced)
@@ -372,7 +378,10 @@ class TokenProvider:
     def _renew_in_background(self) -> None:
         if _current_loop() is None:  # a synchronous caller: the renewal runs in a thread
             with self._guard:
-                if self._thread_flight is None:
+                # Another thread's renewal may have landed since this caller looked.
+                entry, now = self._entry, self._clock()
+                due = entry is not None and now >= max(entry[1].renew_at, self._renew_after)
+                if due and self._thread_flight is None:
                     self._launch_thread(background=True)
             return
         loop = self._loop()
