@@ -31,7 +31,7 @@ from ._stats import AuthStats
 from ._store import TokenStore
 from ._token import AccessToken
 
-__all__ = ["PaymeAuth", "PaymeAuthBase"]
+__all__ = ["PaymeAuth", "PaymeAuthBase", "plugged"]
 
 _Auth = TypeVar("_Auth", bound="PaymeAuthBase")
 
@@ -319,3 +319,14 @@ class PaymeAuth(PaymeAuthBase, httpx.Auth):
         return sync_auth_flow(
             request, self._provider, self._origins, self._api_version, httpx.ByteStream
         )
+
+
+def plugged(auth: object, *, plug: str) -> PaymeAuth:
+    """The :class:`PaymeAuth` behind *auth* (either plug's), for the plug of another HTTP
+    client named *plug*; a :class:`ConfigurationError` for anything else."""
+    if isinstance(auth, PaymeAuth):
+        return auth
+    if isinstance(auth, PaymeAuthBase):  # the httpx2 plug: the same provider, for httpx
+        inner: PaymeAuth = auth.httpx_auth  # type: ignore[attr-defined]
+        return inner
+    raise ConfigurationError(f"{plug} needs a payme_auth.PaymeAuth, not {type(auth).__name__}")

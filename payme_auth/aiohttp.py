@@ -31,7 +31,6 @@ Rules (those of the httpx plug, stated in ``payme_auth/_flow.py``):
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 try:
@@ -45,9 +44,8 @@ except ImportError as exc:
         "pip install 'payme-auth[aiohttp]'"
     ) from exc
 
-from ._auth import PaymeAuth
+from ._auth import PaymeAuth, plugged
 from ._config import Origin
-from ._errors import ConfigurationError
 from ._log import logger
 
 if TYPE_CHECKING:
@@ -71,19 +69,6 @@ def _replayable(body: object) -> bool:
     if isinstance(body, MultipartWriter):
         return all(_replayable(part) for part, _, _ in body)
     return False
-
-
-def _unwrap(auth: object) -> PaymeAuth:
-    if isinstance(auth, PaymeAuth):
-        return auth
-    # The httpx2 plug, if its module was ever imported (else auth cannot be one of them).
-    httpx2_module = sys.modules.get("payme_auth.httpx2")
-    if httpx2_module is not None and isinstance(auth, httpx2_module.PaymeAuth):
-        inner: PaymeAuth = auth.httpx_auth
-        return inner
-    raise ConfigurationError(
-        f"PaymeAuthMiddleware needs a payme_auth.PaymeAuth, not {type(auth).__name__}"
-    )
 
 
 class PaymeAuthMiddleware:
@@ -118,7 +103,7 @@ class PaymeAuthMiddleware:
     __slots__ = ("_api_version", "_auth", "_origins", "_provider")
 
     def __init__(self, auth: PaymeAuth | payme_auth.httpx2.PaymeAuth) -> None:
-        self._auth = _unwrap(auth)
+        self._auth = plugged(auth, plug="PaymeAuthMiddleware")
         self._provider, self._origins, self._api_version = self._auth._flow_parts()  # noqa: SLF001
 
     def applies_to(self, url: URL | str) -> bool:

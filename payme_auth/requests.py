@@ -34,7 +34,6 @@ Rules (those of the httpx plug, stated in ``payme_auth/_flow.py``):
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -48,9 +47,8 @@ except ImportError as exc:
 
 import httpx
 
-from ._auth import PaymeAuth
+from ._auth import PaymeAuth, plugged
 from ._config import Origin, origin_of
-from ._errors import ConfigurationError
 from ._log import logger
 from ._token import AccessToken
 
@@ -73,19 +71,6 @@ def _origin(url: str | None) -> Origin | None:
 def _replayable(body: object) -> bool:
     """Whether *body* (``PreparedRequest.body``) is in memory and can be sent again."""
     return body is None or isinstance(body, (bytes, str))
-
-
-def _unwrap(auth: object) -> PaymeAuth:
-    if isinstance(auth, PaymeAuth):
-        return auth
-    # The httpx2 plug, if its module was ever imported (else auth cannot be one of them).
-    httpx2_module = sys.modules.get("payme_auth.httpx2")
-    if httpx2_module is not None and isinstance(auth, httpx2_module.PaymeAuth):
-        inner: PaymeAuth = auth.httpx_auth
-        return inner
-    raise ConfigurationError(
-        f"PaymeRequestsAuth needs a payme_auth.PaymeAuth, not {type(auth).__name__}"
-    )
 
 
 class PaymeRequestsAuth(AuthBase):
@@ -119,7 +104,7 @@ class PaymeRequestsAuth(AuthBase):
     """
 
     def __init__(self, auth: PaymeAuth | payme_auth.httpx2.PaymeAuth) -> None:
-        self._auth = _unwrap(auth)
+        self._auth = plugged(auth, plug="PaymeRequestsAuth")
         self._provider, self._origins, self._api_version = self._auth._flow_parts()  # noqa: SLF001
 
     @property
