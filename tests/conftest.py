@@ -6,6 +6,7 @@ from __future__ import annotations
 import faulthandler
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -130,6 +131,20 @@ def emulator_server() -> Iterator[EmulatorServer]:
     """The Pay-me emulator on a loopback port, knowing the test credentials."""
     with run_emulator(PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)) as server:
         yield server
+
+
+@pytest.fixture
+def payme_env(monkeypatch: pytest.MonkeyPatch, emulator_server: EmulatorServer) -> None:
+    """Only the PAYME_* variables `payme-auth emulator` prints, pointing at the emulator (for
+    the example apps, configured from the environment)."""
+    for name in list(os.environ):
+        if name.startswith("PAYME_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PAYME_TOKEN_URL", emulator_server.token_url)
+    monkeypatch.setenv("PAYME_AUDIENCE", emulator_server.audience)
+    monkeypatch.setenv("PAYME_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("PAYME_MERCHANT_CODE", "SHOP42")
 
 
 async def eventually(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import socket
 import sys
 import threading
@@ -159,19 +158,6 @@ def serve_aiohttp() -> Iterator[str]:
 
 
 SERVERS = {"fastapi": serve_fastapi, "aiohttp": serve_aiohttp}
-
-
-@pytest.fixture
-def payme_env(monkeypatch: pytest.MonkeyPatch, emulator_server: EmulatorServer) -> None:
-    """Only the PAYME_* variables `payme-auth emulator` prints, pointing at the emulator."""
-    for name in list(os.environ):
-        if name.startswith("PAYME_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PAYME_TOKEN_URL", emulator_server.token_url)
-    monkeypatch.setenv("PAYME_AUDIENCE", emulator_server.audience)
-    monkeypatch.setenv("PAYME_CLIENT_ID", CLIENT_ID)
-    monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("PAYME_MERCHANT_CODE", "SHOP42")
 
 
 @pytest.fixture(params=sorted(SERVERS))

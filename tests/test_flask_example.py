@@ -7,7 +7,6 @@ Configured only through the ``PAYME_*`` variables that ``payme-auth emulator`` p
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
@@ -15,9 +14,9 @@ import httpx
 import pytest
 
 from payme_auth import ConfigurationError
-from payme_auth.testing import EmulatorServer, PaymeEmulator, run_emulator
+from payme_auth.testing import EmulatorServer
 
-from .conftest import CLIENT_ID, CLIENT_SECRET
+from .conftest import CLIENT_SECRET
 from .test_examples import load_example
 
 pytest.importorskip("flask")
@@ -57,27 +56,6 @@ def serve_flask() -> Iterator[str]:
         thread.join(WAIT)
         app.extensions["payme_auth"].close()
     assert not thread.is_alive(), "the server did not stop in time"
-
-
-@pytest.fixture
-def emulator_server() -> Iterator[EmulatorServer]:
-    """The Pay-me emulator on loopback, knowing the test credentials."""
-    emulator = PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
-    with run_emulator(emulator) as server:
-        yield server
-
-
-@pytest.fixture
-def payme_env(monkeypatch: pytest.MonkeyPatch, emulator_server: EmulatorServer) -> None:
-    """Only the PAYME_* variables `payme-auth emulator` prints, pointing at the emulator."""
-    for name in list(os.environ):
-        if name.startswith("PAYME_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PAYME_TOKEN_URL", emulator_server.token_url)
-    monkeypatch.setenv("PAYME_AUDIENCE", emulator_server.audience)
-    monkeypatch.setenv("PAYME_CLIENT_ID", CLIENT_ID)
-    monkeypatch.setenv("PAYME_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("PAYME_MERCHANT_CODE", "SHOP42")
 
 
 def burst(url: str, threads: int = THREADS, each: int = PER_THREAD) -> list[httpx.Response]:
