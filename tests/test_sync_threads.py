@@ -15,7 +15,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -34,20 +34,13 @@ from payme_auth import (
     TokenResponseError,
 )
 from payme_auth.requests import PaymeRequestsAuth
-from payme_auth.testing import EmulatorServer, Fault, PaymeEmulator, run_emulator
+from payme_auth.testing import EmulatorServer, Fault
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
 
 QUICK = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=5.0)
 WAIT = 20.0  # seconds: the bound on every join, so that a hang fails instead of hanging
 THREADS = 64
-
-
-@pytest.fixture
-def served() -> Iterator[EmulatorServer]:
-    """The emulator on loopback, knowing the test credentials."""
-    with run_emulator(PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)) as server:
-        yield server
 
 
 def make_auth(server: EmulatorServer, **kwargs: Any) -> PaymeAuth:
@@ -98,15 +91,15 @@ class Interrupted(BaseException):
 
 @pytest.mark.parametrize("rounds", [1, pytest.param(5, marks=pytest.mark.slow)])
 def test_ctrl_c_in_a_waiting_main_thread_strands_nobody(
-    served: EmulatorServer, rounds: int
+    emulator_server: EmulatorServer, rounds: int
 ) -> None:
     """A SIGINT that cuts the main thread's wait short (at a random moment of the fetch)
     leaves the fetch going: the 64 other threads get its token, one request per round, and
     the main thread's next call gets that same cached token."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
-    served.emulator.token_latency = 0.6
-    auth = make_auth(served)
+    emulator_server.emulator.token_latency = 0.6
+    auth = make_auth(emulator_server)
     rng = seeded(rounds)
     waiting = threading.Event()
 
@@ -117,11 +110,13 @@ def test_ctrl_c_in_a_waiting_main_thread_strands_nobody(
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
         for round_number in range(1, rounds + 1):
-            before = served.emulator.stats.token_requests
+            before = emulator_server.emulator.stats.token_requests
             results: list[object] = []
 
             def fire(delay: float, first: int = before) -> None:
-                wait_until(lambda: served.emulator.stats.token_requests > first, "the fetch")
+                wait_until(
+                    lambda: emulator_server.emulator.stats.token_requests > first, "the fetch"
+                )
                 time.sleep(delay)
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
@@ -148,7 +143,7 @@ def test_ctrl_c_in_a_waiting_main_thread_strands_nobody(
             assert len(results) == THREADS
             assert all(isinstance(result, AccessToken) for result in results), results[:3]
             assert len(tokens) == 1
-            assert served.emulator.stats.token_requests == round_number
+            assert emulator_server.emulator.stats.token_requests == round_number
             # Nothing half-done: the main thread now gets the token the others got.
             assert auth.get_token_sync() is results[0]
             assert auth.stats().state == "fresh"
@@ -159,37 +154,37 @@ def test_ctrl_c_in_a_waiting_main_thread_strands_nobody(
 
 
 def test_close_by_one_waiting_thread_frees_all_and_caches_nothing(
-    served: EmulatorServer,
+    emulator_server: EmulatorServer,
 ) -> None:
     """Among 64 threads waiting for a slow fetch, one calls close() at a random moment:
     every other waiter gets AuthClosedError, nobody is stranded, one request was sent, and
     the token that lands afterwards is not cached."""
-    served.emulator.token_latency = 0.8
-    auth = make_auth(served)
+    emulator_server.emulator.token_latency = 0.8
+    auth = make_auth(emulator_server)
     rng = seeded(7)
     closer, moment = rng.randrange(THREADS), rng.uniform(0.0, 0.3)
 
     def work(n: int) -> object:
         if n == closer:
-            wait_until(lambda: served.emulator.stats.token_requests >= 1, "the fetch")
+            wait_until(lambda: emulator_server.emulator.stats.token_requests >= 1, "the fetch")
             time.sleep(moment)
             auth.close()
             return "closed"
         if n % 2:
-            with httpx.Client(base_url=served.url, auth=auth, timeout=WAIT) as client:
+            with httpx.Client(base_url=emulator_server.url, auth=auth, timeout=WAIT) as client:
                 return client.post("/charges", json={"n": n})
         return auth.get_token_sync()
 
     outcomes = in_threads(THREADS, work)
     others = [outcome for n, outcome in enumerate(outcomes) if n != closer]
     assert all(isinstance(outcome, AuthClosedError) for outcome in others), others[:3]
-    assert served.emulator.stats.api_requests == 0
+    assert emulator_server.emulator.stats.api_requests == 0
     # The fetch's answer arrives after close(): it must not be cached.
-    wait_until(lambda: served.emulator.stats.tokens_issued >= 1, "the token to be issued")
+    wait_until(lambda: emulator_server.emulator.stats.tokens_issued >= 1, "the token to be issued")
     time.sleep(0.1)
     stats = auth.stats()
     assert (stats.state, stats.token_fingerprint, stats.healthy) == ("closed", None, False)
-    assert served.emulator.stats.token_requests == 1
+    assert emulator_server.emulator.stats.token_requests == 1
     with pytest.raises(AuthClosedError):
         auth.get_token_sync()
 
@@ -226,28 +221,32 @@ def charge_or_cut(client: httpx.Client, n: int) -> int | str:
         return "cut"
 
 
-def test_requests_cut_at_random_points_leave_the_token_whole(served: EmulatorServer) -> None:
+def test_requests_cut_at_random_points_leave_the_token_whole(
+    emulator_server: EmulatorServer,
+) -> None:
     """64 threads whose requests fail at random points, before and after a revocation:
     every request not cut gets a 200, one token request per token, and every 401 that
     reached the flow was replayed once."""
-    served.emulator.token_latency = 0.1
-    auth = make_auth(served)
+    emulator_server.emulator.token_latency = 0.1
+    auth = make_auth(emulator_server)
     transport = FlakyTransport(seeded(2024), share=0.3)
     codes: list[int | str] = []
     # One client for every thread: httpx.Client is thread-safe.
-    with httpx.Client(base_url=served.url, auth=auth, transport=transport, timeout=WAIT) as api:
+    with httpx.Client(
+        base_url=emulator_server.url, auth=auth, transport=transport, timeout=WAIT
+    ) as api:
         for _ in range(2):
             outcomes = in_threads(THREADS, lambda n: [charge_or_cut(api, n) for _ in range(2)])
             codes += [code for outcome in outcomes for code in outcome]  # type: ignore[attr-defined]
-            served.emulator.revoke_tokens()
+            emulator_server.emulator.revoke_tokens()
 
     assert set(codes) <= {200, "cut"}
     assert codes.count(200) > THREADS  # most got through
-    assert served.emulator.stats.token_requests == 2
+    assert emulator_server.emulator.stats.token_requests == 2
     assert transport.refusals_delivered >= 1
     assert auth.stats().replays == transport.refusals_delivered
     assert auth.stats().state == "fresh"  # the replays' token, whole
-    assert served.emulator.stats.api_unauthorized >= transport.refusals_delivered
+    assert emulator_server.emulator.stats.api_unauthorized >= transport.refusals_delivered
     auth.close()
 
 
@@ -264,29 +263,29 @@ def test_requests_cut_at_random_points_leave_the_token_whole(served: EmulatorSer
     ids=["401", "403", "400"],
 )
 def test_a_refusal_fails_every_thread_at_once_with_one_request(
-    served: EmulatorServer, fault: Fault, expected: type[TokenError]
+    emulator_server: EmulatorServer, fault: Fault, expected: type[TokenError]
 ) -> None:
     """A refused token request is never retried: 16 waiting threads get the one typed
     error, from one request."""
-    served.emulator.inject(fault, times=5)
-    served.emulator.token_latency = 0.1
-    auth = make_auth(served)
+    emulator_server.emulator.inject(fault, times=5)
+    emulator_server.emulator.token_latency = 0.1
+    auth = make_auth(emulator_server)
     outcomes = in_threads(16, lambda _n: auth.get_token_sync())
     assert all(type(outcome) is expected for outcome in outcomes), outcomes[:2]
     assert len({id(outcome) for outcome in outcomes}) == 1
-    assert served.emulator.stats.token_requests == 1
+    assert emulator_server.emulator.stats.token_requests == 1
     assert auth.stats().healthy is False
     auth.close()
 
 
 def test_refused_credentials_reach_an_httpx_client_and_a_requests_session(
-    served: EmulatorServer,
+    emulator_server: EmulatorServer,
 ) -> None:
     """With a wrong secret, a synchronous request fails with InvalidCredentialsError before
     anything reaches the API, through either plug."""
-    auth = PaymeAuth(CLIENT_ID, "WRONG-" + CLIENT_SECRET, environment=served.environment)
+    auth = PaymeAuth(CLIENT_ID, "WRONG-" + CLIENT_SECRET, environment=emulator_server.environment)
     with (
-        httpx.Client(base_url=served.url, auth=auth) as client,
+        httpx.Client(base_url=emulator_server.url, auth=auth) as client,
         pytest.raises(InvalidCredentialsError),
     ):
         client.get("/charges/M/1")
@@ -295,56 +294,56 @@ def test_refused_credentials_reach_an_httpx_client_and_a_requests_session(
     with requests.Session() as session:
         session.auth = PaymeRequestsAuth(auth)
         with pytest.raises(InvalidCredentialsError):
-            session.get(f"{served.url}/charges/M/1", timeout=WAIT)
-    assert served.emulator.stats.api_requests == 0
-    assert served.emulator.stats.token_requests == 2  # a refusal is not cached
+            session.get(f"{emulator_server.url}/charges/M/1", timeout=WAIT)
+    assert emulator_server.emulator.stats.api_requests == 0
+    assert emulator_server.emulator.stats.token_requests == 2  # a refusal is not cached
     auth.close()
 
 
-def test_a_503_with_retry_after_is_retried_after_that_wait(served: EmulatorServer) -> None:
+def test_a_503_with_retry_after_is_retried_after_that_wait(emulator_server: EmulatorServer) -> None:
     """A 503 with Retry-After: 1 is retried, no sooner than a second later, and the threads
     waiting get the token of the retry."""
-    served.emulator.inject(Fault(status=503, headers={"Retry-After": "1"}))
-    auth = make_auth(served)
+    emulator_server.emulator.inject(Fault(status=503, headers={"Retry-After": "1"}))
+    auth = make_auth(emulator_server)
     began = time.monotonic()
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     elapsed = time.monotonic() - began
     assert all(isinstance(outcome, AccessToken) for outcome in outcomes), outcomes[:2]
     assert len({id(outcome) for outcome in outcomes}) == 1
-    assert served.emulator.stats.token_requests == 2
+    assert emulator_server.emulator.stats.token_requests == 2
     assert elapsed >= 0.9  # Retry-After honoured (a lower bound: the machine may be slow)
     auth.close()
 
 
-def test_a_lasting_5xx_ends_after_the_attempts(served: EmulatorServer) -> None:
+def test_a_lasting_5xx_ends_after_the_attempts(emulator_server: EmulatorServer) -> None:
     """An endpoint that keeps answering 503 gets exactly `attempts` requests; every thread
     gets the one TokenEndpointUnavailableError, with the server's Retry-After."""
-    served.emulator.inject(Fault(status=503, headers={"Retry-After": "0"}), times=10)
-    auth = make_auth(served)
+    emulator_server.emulator.inject(Fault(status=503, headers={"Retry-After": "0"}), times=10)
+    auth = make_auth(emulator_server)
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     error = outcomes[0]
     assert isinstance(error, TokenEndpointUnavailableError)
     assert all(outcome is error for outcome in outcomes)
     assert error.status_code == 503
     assert error.retry_after == 0
-    assert served.emulator.stats.token_requests == QUICK.attempts
+    assert emulator_server.emulator.stats.token_requests == QUICK.attempts
     auth.close()
 
 
 @pytest.mark.slow  # the server holds each hanging answer for its whole delay as it stops
-def test_a_hanging_endpoint_is_bounded_by_the_timeout(served: EmulatorServer) -> None:
+def test_a_hanging_endpoint_is_bounded_by_the_timeout(emulator_server: EmulatorServer) -> None:
     """A token endpoint that does not answer in time costs each waiting thread about
     `timeout` x `attempts`, then TokenEndpointUnavailableError (its answer, had it come,
     would have been a TokenResponseError); one request per attempt."""
-    served.emulator.inject(Fault(status=200, delay=3.0), times=2)
+    emulator_server.emulator.inject(Fault(status=200, delay=3.0), times=2)
     retry = RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.02)
-    auth = make_auth(served, timeout=0.3, retry=retry)
+    auth = make_auth(emulator_server, timeout=0.3, retry=retry)
     began = time.monotonic()
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     elapsed = time.monotonic() - began
     assert all(isinstance(outcome, TokenEndpointUnavailableError) for outcome in outcomes)
     assert len({id(outcome) for outcome in outcomes}) == 1
-    assert served.emulator.stats.token_requests == 2
+    assert emulator_server.emulator.stats.token_requests == 2
     assert elapsed < 10.0  # bounded: 2 x 0.3 s, with room for a busy machine
     auth.close()
 
@@ -354,18 +353,20 @@ def test_a_hanging_endpoint_is_bounded_by_the_timeout(served: EmulatorServer) ->
     [b"not json", b"[]", b'{"success": true}'],
     ids=["not-json", "not-an-object", "no-token"],
 )
-def test_a_bad_answer_is_a_token_response_error(served: EmulatorServer, body: bytes) -> None:
+def test_a_bad_answer_is_a_token_response_error(
+    emulator_server: EmulatorServer, body: bytes
+) -> None:
     """A 200 whose body is not a token answer fails every thread with TokenResponseError,
     after one request, and nothing is cached."""
-    served.emulator.inject(Fault(status=200, body=body), times=5)
-    auth = make_auth(served)
+    emulator_server.emulator.inject(Fault(status=200, body=body), times=5)
+    auth = make_auth(emulator_server)
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     assert all(isinstance(outcome, TokenResponseError) for outcome in outcomes), outcomes[:2]
     assert len({id(outcome) for outcome in outcomes}) == 1
-    assert served.emulator.stats.token_requests == 1
+    assert emulator_server.emulator.stats.token_requests == 1
     assert auth.stats().state == "none"
     # The endpoint recovers: the next caller fetches afresh.
-    served.emulator.clear_faults()
+    emulator_server.emulator.clear_faults()
     assert isinstance(auth.get_token_sync(), AccessToken)
     auth.close()
 
@@ -374,32 +375,32 @@ def test_a_bad_answer_is_a_token_response_error(served: EmulatorServer, body: by
 
 
 def test_no_secret_in_any_log_record_str_or_repr_on_the_sync_path(
-    served: EmulatorServer, caplog: pytest.LogCaptureFixture
+    emulator_server: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Across the sync path (fetch, refresh, revoke and replay through both plugs, a
     refusal, close), neither the client secret nor any token value appears in a log record
     or in the str or repr of anything a caller holds."""
     import requests
 
-    auth = make_auth(served)
+    auth = make_auth(emulator_server)
     tokens: list[AccessToken] = [auth.get_token_sync()]
     shown: list[object] = [auth, auth.stats(), auth.headers_sync()["ALG-API-VERSION"]]
-    with httpx.Client(base_url=served.url, auth=auth) as client:
-        served.emulator.revoke_tokens()
+    with httpx.Client(base_url=emulator_server.url, auth=auth) as client:
+        emulator_server.emulator.revoke_tokens()
         response = client.post("/charges", json={"n": 1})
         assert response.status_code == 200
         tokens.append(auth.get_token_sync())
     plug = PaymeRequestsAuth(auth)
     with requests.Session() as session:
         session.auth = plug
-        served.emulator.revoke_tokens()
-        answer = session.post(f"{served.url}/charges", json={"n": 2}, timeout=WAIT)
+        emulator_server.emulator.revoke_tokens()
+        answer = session.post(f"{emulator_server.url}/charges", json={"n": 2}, timeout=WAIT)
         assert answer.status_code == 200
         tokens.append(auth.get_token_sync())
         shown += [plug, answer, answer.history[0]]
     tokens.append(auth.refresh_sync())
     shown += [*tokens, auth.stats()]
-    wrong = PaymeAuth(CLIENT_ID, "WRONG-" + CLIENT_SECRET, environment=served.environment)
+    wrong = PaymeAuth(CLIENT_ID, "WRONG-" + CLIENT_SECRET, environment=emulator_server.environment)
     with pytest.raises(InvalidCredentialsError) as refused:
         wrong.get_token_sync()
     shown += [wrong, refused.value, wrong.stats()]
