@@ -147,15 +147,19 @@ class LogGuard(logging.Filter):
 def secrets_never_logged() -> Iterator[LogGuard]:
     """No secret in a log record (checked as records come, none kept)."""
     guard = LogGuard()
-    logger = logging.getLogger("payme_auth")
-    level = logger.level
-    logger.addFilter(guard)
-    logger.setLevel(logging.DEBUG)
+    # A logger's filters see only its own records, not its children's: the emulator's
+    # request log (one DEBUG record per request) is stopped at its own logger too.
+    loggers = [logging.getLogger(name) for name in ("payme_auth", "payme_auth.testing.emulator")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addFilter(guard)
+        logger.setLevel(logging.DEBUG)
     try:
         yield guard
     finally:
-        logger.removeFilter(guard)
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeFilter(guard)
+            logger.setLevel(level)
     assert guard.leaks == 0, f"{guard.leaks} log records held a secret{guard.tail()}"
 
 
