@@ -382,3 +382,26 @@ def test_applies_to_and_repr(auth: PaymeAuth, served: EmulatorServer) -> None:
     assert CLIENT_SECRET not in str(plug)
     token = auth.get_token_sync()
     assert token.value not in repr(plug)
+
+
+@pytest.mark.parametrize(
+    ("url", "applies"),
+    [
+        ("https://api.preprod.alignet.io/charges", True),
+        ("https://API.preprod.alignet.io:443/charges?x=1#f", True),
+        ("https://user:pw@api.preprod.alignet.io/charges", True),
+        ("https://api.preprod.alignet.io?x=1", True),
+        ("https://api.preprod.alignet.io:8443/charges", False),
+        ("http://api.preprod.alignet.io/charges", False),
+        ("https://api.preprod.alignet.io.example.com/charges", False),
+        ("https://api.preprod.alignet.io@example.com/charges", False),
+        ("https://example.com/https://api.preprod.alignet.io/", False),
+        ("https://example.com?https://api.preprod.alignet.io", False),
+        ("api.preprod.alignet.io/charges", False),
+    ],
+)
+def test_the_origin_is_read_from_scheme_host_and_port_only(url: str, applies: bool) -> None:
+    """Only a URL whose scheme, host and port are the API's gets the token: not one that
+    names the API's host in its userinfo, path or query."""
+    plug = PaymeRequestsAuth(PaymeAuth(CLIENT_ID, CLIENT_SECRET))
+    assert plug.applies_to(url) is applies
