@@ -1208,8 +1208,8 @@ def _renewal_markdown(renewal: dict[str, Any]) -> list[str]:
         (
             f"Targets for payme_auth: no failed call and no expired token: {_met(clean)}; no "
             f"thread waits (max added latency at the floor's noise): {_num(payme_added)} ms "
-            f"(requests: {_num(requests_added)} ms) against the floor's {_num(noise)} ms (max minus p50; p99 minus p50: "
-            f"{_num(noise_p99)} ms)."
+            f"(requests: {_num(requests_added)} ms) against the floor's {_num(noise)} ms "
+            f"(max minus p50; p99 minus p50: {_num(noise_p99)} ms)."
         ),
     ]
 
