@@ -711,7 +711,7 @@ def _warm_set(names: list[str], floor: str, settings: SyncSettings) -> dict[str,
     return timed
 
 
-def warm(server: Server | None, settings: SyncSettings, log: Log) -> dict[str, Any]:
+def warm(settings: SyncSettings, log: Log) -> dict[str, Any]:
     """Scenario 2: sequential calls end to end through mocks; payme_auth against the floor."""
     rounds, batch = settings.warm_rounds, settings.warm_batch
     log(f"  warm overhead: {rounds} interleaved batches of {batch} calls per contender")
@@ -982,7 +982,7 @@ def run_sync(quick: bool, log: Log) -> dict[str, Any]:
     began = time.monotonic()
     results: dict[str, Any] = {"settings": asdict(settings)}
     log("synchronous callers")
-    results["warm"] = warm(None, settings, log)
+    results["warm"] = warm(settings, log)
     with Server() as server:
         results["cold"] = cold(server, settings, log)
         results["renewal"] = renewal(server, settings, log)
