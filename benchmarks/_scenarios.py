@@ -18,6 +18,7 @@ import pstats
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -866,12 +867,25 @@ _IMPORT_PROBE = (
 )
 
 
-def _import_seconds(module: str) -> float:
+def _import_env(cache: str) -> dict[str, str]:
+    """The probes' environment: compiled bytecode for every module, in *cache*.
+
+    An installed package comes with its bytecode compiled (httpx's is in site-packages),
+    but a source checkout may have none, notably where ``PYTHONDONTWRITEBYTECODE`` is set:
+    then every probe would compile payme_auth from source. With a cache prefix, every
+    module's bytecode is read from (and first written to) *cache* alone, for both modules.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = cache
+    return env
+
+
+def _import_seconds(module: str, env: dict[str, str]) -> float:
     """Seconds ``import module`` takes in a fresh interpreter (its start-up not counted)."""
     out = subprocess.run(  # noqa: S603 - this interpreter, a fixed probe
         [sys.executable, "-c", _IMPORT_PROBE.format(module=module)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -880,7 +894,9 @@ def _import_seconds(module: str) -> float:
     return float(out.stdout.strip())
 
 
-def _import_profile(module: str, beside: str, top: int = 8) -> list[tuple[str, float]]:
+def _import_profile(
+    module: str, beside: str, env: dict[str, str], top: int = 8
+) -> list[tuple[str, float]]:
     """What ``import module`` loads beyond ``import beside``, from ``python -X importtime``:
     the self time (ms) of those modules summed by top-level package, largest first."""
 
@@ -888,6 +904,7 @@ def _import_profile(module: str, beside: str, top: int = 8) -> list[tuple[str, f
         out = subprocess.run(  # noqa: S603 - this interpreter, a fixed probe
             [sys.executable, "-X", "importtime", "-c", f"import {name}"],
             cwd=ROOT,
+            env=env,
             capture_output=True,
             text=True,
             check=True,
@@ -915,11 +932,16 @@ async def import_time(
     log(f"  import time: {runs} fresh interpreters each, side by side")
     modules = ("httpx", "payme_auth")
     per: dict[str, list[Metrics]] = {m: [] for m in modules}
-    for index in range(runs):
-        order = modules if index % 2 == 0 else modules[::-1]
-        pair = {m: await asyncio.to_thread(_import_seconds, m) for m in order}
-        for module in modules:
-            per[module].append({"import_ms": pair[module] * 1000})
+    with tempfile.TemporaryDirectory(prefix="bench-pycache-") as cache:
+        env = _import_env(cache)
+        for module in modules:  # writes the bytecode cache; not timed
+            await asyncio.to_thread(_import_seconds, module, env)
+        for index in range(runs):
+            order = modules if index % 2 == 0 else modules[::-1]
+            pair = {m: await asyncio.to_thread(_import_seconds, m, env) for m in order}
+            for module in modules:
+                per[module].append({"import_ms": pair[module] * 1000})
+        beyond = await asyncio.to_thread(_import_profile, "payme_auth", "httpx", env)
     ratios = [
         p["import_ms"] / h["import_ms"]
         for p, h in zip(per["payme_auth"], per["httpx"], strict=True)
@@ -928,7 +950,6 @@ async def import_time(
         f"    median: httpx {statistics.median(r['import_ms'] for r in per['httpx']):.1f} ms, "
         f"payme_auth {statistics.median(r['import_ms'] for r in per['payme_auth']):.1f} ms"
     )
-    beyond = await asyncio.to_thread(_import_profile, "payme_auth", "httpx")
     return {
         "cases": [
             {
