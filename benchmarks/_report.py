@@ -301,8 +301,8 @@ MARGIN_NOTES = {
     "floor": "no token: the reference",
     "authlib": "renews in the caller's request, under its lock; the error goes to the caller",
     "httpx-auth": (
-        "renews in the caller's request with its blocking client (httpx's 5 s timeout); "
-        "the error goes to the caller"
+        "renews in the caller's request with its blocking client, which freezes the event "
+        "loop (its `timeout` set to the cut; 60 s by default); the error goes to the caller"
     ),
 }
 
