@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             cold_rounds_large=args.rounds,
             renewal_rounds=args.rounds,
             outage_rounds=args.rounds,
+            margin_rounds=args.rounds,
         )
 
     began = time.monotonic()

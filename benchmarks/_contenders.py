@@ -3,7 +3,10 @@
 - ``floor``: an ``httpx.Auth`` whose ``async_auth_flow`` sets two constant headers. No token
   is ever fetched; the server accepts its constant token. It is what any auth costs at least.
 - ``payme_auth``: ``PaymeAuth`` used inside ``async with``, defaults everywhere (its refresh
-  margin of 60 s is capped at half a short token's life by the library itself).
+  margin of 60 s is capped at half a short token's life by the library itself). It adds
+  ``ALG-API-VERSION`` itself, so its API client sets no default headers, as a user's would
+  not; the floor's neither. ``payme_auth (no async with)`` is the same, made and plugged
+  in without ``async with`` (closed with ``aclose()`` once done): the cold start runs it too.
 - ``authlib``: ``AsyncOAuth2Client`` with ``token_endpoint``, ``grant_type="client_credentials"``
   and ``token_endpoint_auth_method="client_secret_post"`` (credentials in the body, as Pay-me
   wants); ``ALG-API-VERSION`` goes in the client's default ``headers``. It does no first fetch
@@ -12,14 +15,18 @@
   always posts ``data=`` (a compliance hook cannot change that), so it could not talk to the
   real Pay-me token endpoint, which wants JSON; here the lenient endpoint accepts the form.
 - ``httpx-auth``: ``OAuth2ClientCredentials(token_url, client_id, client_secret, scope=...)``
-  with a documented ``client=httpx.Client(...)`` carrying ``ALG-API-VERSION``. It fetches
+  with a documented ``client=httpx.Client(...)`` carrying ``ALG-API-VERSION`` (and the API
+  client carries it too, as for Authlib: neither auth sets it). It fetches
   with that *blocking* client inside the auth flow: the whole token round trip freezes the
   event loop. Its token cache is class-level and global (shared by every instance with the
-  same settings), so the harness clears it before each run to give every run a fresh client.
+  same settings), so the harness drops the instance's entry before each run to give every
+  run a fresh client.
 
 For tokens shorter than the peers' default margins (Authlib ``leeway=60``, httpx-auth
 ``early_expiry=30``), those defaults make every request fetch a new token; such scenarios
 set the peers' margin to half the token's life, the margin payme_auth applies by itself.
+The outage inside the refresh margin gives every contender the same margin, and payme_auth
+``advisory_ratio=None`` so that its renewal is due from that margin on, as the peers' is.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,8 +70,11 @@ class GatedTransport(httpx.AsyncBaseTransport):
             limits=httpx.Limits(max_connections=width, max_keepalive_connections=min(width, 20))
         )
         self._gate = asyncio.Semaphore(width)
+        self.last_served = 0.0  # time.monotonic() at which the last API call left its auth
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.startswith("/token"):  # Authlib's token requests come here too
+            self.last_served = time.monotonic()
         async with self._gate:
             response = await self._inner.handle_async_request(request)
             await response.aread()
@@ -70,6 +82,24 @@ class GatedTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class CutOffTransport(httpx.HTTPTransport):
+    """A blocking transport that sends nothing once its ``cut_at`` has passed.
+
+    For a contender whose token requests block the event loop: a deadline cannot interrupt
+    it, and every call queued behind would block the loop once more, so after the cut its
+    token requests fail at once, as calls cancelled at the cut do for the others.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut_at = math.inf  # time.monotonic()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if time.monotonic() >= self.cut_at:
+            raise httpx.ConnectError("cut off by the harness", request=request)
+        return super().handle_request(request)
 
 
 @dataclass
@@ -100,6 +130,12 @@ class Session:
     client: httpx.AsyncClient
     drive: Callable[[httpx.Request, httpx.Response], Awaitable[None]]
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def last_served(self) -> float:
+        """When the last API call left the auth flow (``time.monotonic()``), or 0."""
+        transport = self.client._transport  # noqa: SLF001 - the harness's own transport
+        return transport.last_served if isinstance(transport, GatedTransport) else 0.0
 
 
 class FloorAuth(httpx.Auth):
@@ -133,21 +169,41 @@ class Contender:
     name = ""
     #: Limitations shown in the results, never hidden.
     notes = ""
+    #: Whether its token requests block the event loop (then it can overrun a deadline).
+    blocks_loop = False
 
-    def open(self, target: Target, *, margin: float | None = None) -> Opener:
+    def open(
+        self,
+        target: Target,
+        *,
+        margin: float | None = None,
+        at_margin: bool = False,
+        token_timeout: int | None = None,
+    ) -> Opener:
+        """Open the contender; *margin*: seconds before expiry at which it renews.
+
+        *at_margin*: renewal is due from *margin* on and not before (only payme_auth has
+        an earlier, advisory, renewal to switch off). *token_timeout*: seconds a token
+        request may take, for a contender whose token requests block the event loop
+        (httpx-auth's default is 60 s); the others wait without blocking and keep theirs.
+        """
         raise NotImplementedError
 
 
 Opener = contextlib.AbstractAsyncContextManager[Session]
 
 
-def _api_client(target: Target, auth: httpx.Auth | None) -> httpx.AsyncClient:
+def _api_client(
+    target: Target, auth: httpx.Auth | None, *, version_header: bool = True
+) -> httpx.AsyncClient:
+    """The API client; *version_header*: ``ALG-API-VERSION`` among its default headers,
+    for an auth that does not set it."""
     return httpx.AsyncClient(
         base_url=target.base_url,
         auth=auth,
         transport=target.api_transport(),
         timeout=60,
-        headers={"ALG-API-VERSION": API_VERSION},
+        headers={"ALG-API-VERSION": API_VERSION} if version_header else None,
     )
 
 
@@ -156,9 +212,16 @@ class Floor(Contender):
     notes = "two constant headers; no token is fetched"
 
     @contextlib.asynccontextmanager
-    async def open(self, target: Target, *, margin: float | None = None) -> AsyncIterator[Session]:
+    async def open(
+        self,
+        target: Target,
+        *,
+        margin: float | None = None,
+        at_margin: bool = False,
+        token_timeout: int | None = None,
+    ) -> AsyncIterator[Session]:
         auth = FloorAuth()
-        async with _api_client(target, auth) as client:
+        async with _api_client(target, auth, version_header=False) as client:
 
             async def drive(request: httpx.Request, response: httpx.Response) -> None:
                 await drive_auth(auth, request, response)
@@ -169,9 +232,17 @@ class Floor(Contender):
 class Payme(Contender):
     name = "payme_auth"
     notes = "defaults; `async with PaymeAuth(...)`"
+    entered = True
 
     @contextlib.asynccontextmanager
-    async def open(self, target: Target, *, margin: float | None = None) -> AsyncIterator[Session]:
+    async def open(
+        self,
+        target: Target,
+        *,
+        margin: float | None = None,
+        at_margin: bool = False,
+        token_timeout: int | None = None,
+    ) -> AsyncIterator[Session]:
         environment = Environment(
             token_url=target.token_url, audience=target.audience, name="bench"
         )
@@ -180,13 +251,24 @@ class Payme(Contender):
             if target.async_transport is not None
             else None
         )
+        # Its own margin (60 s, capped at half the lifetime) unless told to renew at one.
+        options = {"refresh_margin": margin, "advisory_ratio": None} if at_margin else {}
+        auth = PaymeAuth(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            environment=environment,
+            http_client=token_client,
+            **options,  # type: ignore[arg-type]
+        )
         try:
-            async with (
-                PaymeAuth(
-                    CLIENT_ID, CLIENT_SECRET, environment=environment, http_client=token_client
-                ) as auth,
-                _api_client(target, auth) as client,
-            ):
+            async with contextlib.AsyncExitStack() as stack:
+                if self.entered:
+                    await stack.enter_async_context(auth)
+                else:
+                    stack.push_async_callback(auth.aclose)
+                client = await stack.enter_async_context(
+                    _api_client(target, auth, version_header=False)
+                )
 
                 async def drive(request: httpx.Request, response: httpx.Response) -> None:
                     await drive_auth(auth, request, response)
@@ -195,6 +277,12 @@ class Payme(Contender):
         finally:
             if token_client is not None:
                 await token_client.aclose()
+
+
+class PaymeBare(Payme):
+    name = "payme_auth (no async with)"
+    notes = "defaults; `PaymeAuth(...)` plugged in without `async with`"
+    entered = False
 
 
 class Authlib(Contender):
@@ -206,7 +294,14 @@ class Authlib(Contender):
     )
 
     @contextlib.asynccontextmanager
-    async def open(self, target: Target, *, margin: float | None = None) -> AsyncIterator[Session]:
+    async def open(
+        self,
+        target: Target,
+        *,
+        margin: float | None = None,
+        at_margin: bool = False,
+        token_timeout: int | None = None,
+    ) -> AsyncIterator[Session]:
         import authlib.deprecate  # noqa: F401 - installs an "always" filter when imported
 
         with warnings.catch_warnings():
@@ -250,15 +345,23 @@ class HttpxAuth(Contender):
     name = "httpx-auth"
     notes = (
         "fetches with a blocking `httpx.Client` inside the flow (the event loop stalls for "
-        "the whole token round trip); form-encoded; global class-level token cache (cleared "
-        "before each run); no 401 replay"
+        "the whole token round trip); form-encoded; global class-level token cache (its entry "
+        "dropped before each run); no 401 replay"
     )
 
+    blocks_loop = True
+
     @contextlib.asynccontextmanager
-    async def open(self, target: Target, *, margin: float | None = None) -> AsyncIterator[Session]:
+    async def open(
+        self,
+        target: Target,
+        *,
+        margin: float | None = None,
+        at_margin: bool = False,
+        token_timeout: int | None = None,
+    ) -> AsyncIterator[Session]:
         from httpx_auth import OAuth2, OAuth2ClientCredentials
 
-        OAuth2.token_cache.clear()
         token_client = httpx.Client(
             transport=target.sync_transport, headers={"ALG-API-VERSION": API_VERSION}
         )
@@ -268,10 +371,14 @@ class HttpxAuth(Contender):
             client_secret=CLIENT_SECRET,
             scope=SCOPES,
             early_expiry=30.0 if margin is None else margin,
+            timeout=token_timeout,  # None: its default, 60 s
             client=token_client,
             action="authorize",
             audience=target.audience,
         )
+        # Forget what an earlier run left under this instance's key (its settings), and only
+        # that: another instance open at the same time keeps its token.
+        OAuth2.token_cache.tokens.pop(auth.state, None)
         try:
             async with _api_client(target, auth) as client:
 
@@ -281,10 +388,12 @@ class HttpxAuth(Contender):
                 yield Session(client=client, drive=drive)
         finally:
             token_client.close()  # noqa: ASYNC212 - httpx-auth's own (sync) client
-            OAuth2.token_cache.clear()
+            OAuth2.token_cache.tokens.pop(auth.state, None)
 
 
 CONTENDERS: list[Contender] = [Floor(), Payme(), Authlib(), HttpxAuth()]
+COLD_CONTENDERS: list[Contender] = [*CONTENDERS[:2], PaymeBare(), *CONTENDERS[2:]]
+"""The cold start's: payme_auth also without ``async with``."""
 
 
 async def start(session: Session) -> None:

@@ -1,4 +1,4 @@
-"""The five scenarios. Each runs every contender in this process, alternating, round by round.
+"""The scenarios. Each runs every contender in this process, alternating, round by round.
 
 Every loop here is bounded: by a count, or by a deadline after which what is left is
 cancelled and counted as failed.
@@ -12,7 +12,13 @@ import cProfile
 import gc
 import io
 import json
+import math
+import os
 import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -21,8 +27,16 @@ from typing import Any
 
 import httpx
 
-from ._contenders import CONTENDERS, Contender, Session, Target, start
-from ._measure import Heartbeat, Server, longest_callback, percentile, summary
+from ._contenders import (
+    COLD_CONTENDERS,
+    CONTENDERS,
+    Contender,
+    CutOffTransport,
+    Session,
+    Target,
+    start,
+)
+from ._measure import ROOT, Heartbeat, Server, longest_callback, percentile, summary
 
 API_PATH = "/charges/merchant/op-1/tx-1"
 Metrics = dict[str, float]
@@ -45,6 +59,10 @@ class Settings:
     outage_lifetime: int
     outage_seconds: float
     outage_rounds: int
+    margin_calls: int
+    margin_deadline: float
+    margin_rounds: int
+    import_runs: int
     quick: bool = False
 
     @classmethod
@@ -63,6 +81,10 @@ class Settings:
             outage_lifetime=16,
             outage_seconds=5.0,
             outage_rounds=2,
+            margin_calls=1_000,
+            margin_deadline=5.0,
+            margin_rounds=2,
+            import_runs=40,
         )
 
     @classmethod
@@ -81,6 +103,10 @@ class Settings:
             outage_lifetime=6,
             outage_seconds=2.0,
             outage_rounds=1,
+            margin_calls=100,
+            margin_deadline=1.5,
+            margin_rounds=1,
+            import_runs=8,
             quick=True,
         )
 
@@ -89,13 +115,16 @@ Measure = Callable[[Contender], Awaitable[Metrics]]
 
 
 async def alternate(
-    rounds: int, measure: Measure, log: Callable[[str], None]
+    rounds: int,
+    measure: Measure,
+    log: Callable[[str], None],
+    contenders: list[Contender] = CONTENDERS,
 ) -> dict[str, list[Metrics]]:
     """Run *measure* on every contender, *rounds* times, rotating the order each round."""
-    per: dict[str, list[Metrics]] = {c.name: [] for c in CONTENDERS}
+    per: dict[str, list[Metrics]] = {c.name: [] for c in contenders}
     for index in range(rounds):
-        shift = index % len(CONTENDERS)
-        for contender in CONTENDERS[shift:] + CONTENDERS[:shift]:
+        shift = index % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
             result = await measure(contender)
             per[contender.name].append(result)
             log(f"    round {index + 1}/{rounds} {contender.name}: {_brief(result)}")
@@ -125,8 +154,8 @@ def aggregate(
     return out
 
 
-def _notes() -> dict[str, str]:
-    return {c.name: c.notes for c in CONTENDERS}
+def _notes(contenders: list[Contender] = CONTENDERS) -> dict[str, str]:
+    return {c.name: c.notes for c in contenders}
 
 
 async def _fire(client: httpx.AsyncClient, count: int) -> int:
@@ -170,15 +199,21 @@ async def cold_start(
                 try:
                     async with contender.open(target) as session, heartbeat.running():
                         with longest_callback() as longest:
-                            began = time.perf_counter()
+                            began = time.monotonic()
                             await start(session)
                             failed = await _fire(session.client, size)
-                            wall = time.perf_counter() - began
+                            wall = time.monotonic() - began
+                            served = session.last_served - began
                 finally:
                     gc.enable()
                 stats = await server.control()
+                # The server's clock is this one (time.monotonic() is system-wide on Linux).
+                answered = stats["token_log"][0][1] - began if stats["token_log"] else math.nan
                 return {
                     "token_requests": stats["token_requests"],
+                    "answer_ms": answered * 1000,
+                    "last_served_ms": served * 1000,
+                    "served_after_answer_ms": (served - answered) * 1000,
                     "stall_ms": heartbeat.max_lateness * 1000,
                     "longest_callback_ms": longest.seconds * 1000,
                     "longest_callback_cpu_ms": longest.cpu_seconds * 1000,
@@ -188,17 +223,17 @@ async def cold_start(
                 }
 
             rounds = settings.cold_rounds_small if size <= 1_000 else settings.cold_rounds_large
-            per = await alternate(rounds, measure, log)
+            per = await alternate(rounds, measure, log, COLD_CONTENDERS)
             cases.append(
                 {
                     "case": label,
                     "size": size,
                     "token_latency": latency,
-                    "contenders": aggregate(per, ("wall_s", "stall_ms")),
+                    "contenders": aggregate(per, ("wall_s", "stall_ms", "longest_callback_ms")),
                     "raw": per,
                 }
             )
-    return {"cases": cases, "notes": _notes()}
+    return {"cases": cases, "notes": _notes(COLD_CONTENDERS)}
 
 
 # -- 2. warm overhead ----------------------------------------------------------------------
@@ -640,6 +675,300 @@ async def revocation(
     }
 
 
+# -- 6. outage inside the refresh margin ---------------------------------------------------
+
+MARGIN = 22.0
+"""Every contender renews its token this many seconds before expiry (payme_auth with
+``advisory_ratio=None``, so that its renewal too is due from the margin on and not before)."""
+LEFT = 20.0
+"""The cached token's life left when the calls meet the broken endpoint: inside the margin."""
+FIRST_WAIT = 25.0
+"""From the first token fetch to the first measurement: the first token lives ``FIRST_WAIT +
+LEFT`` seconds, more than twice ``MARGIN`` (payme_auth caps its margin at half a lifetime)."""
+MARGIN_MODES = ("refuse", "hang")
+
+
+async def _burst(
+    client: httpx.AsyncClient, count: int, deadline: float, cut: CutOffTransport
+) -> tuple[list[float], int]:
+    """*count* calls at once: latencies from the start of the burst, and failures.
+
+    Calls unfinished after *deadline* seconds are cancelled and failed, their latency the
+    time they were cut off at (later than *deadline* if the event loop was blocked). A call
+    not started by then does not start: every task's first step runs in one turn of the
+    event loop, before any timer, so a contender that blocks the loop in its auth flow
+    would otherwise block it once per call.
+    """
+    clock = time.monotonic
+    latencies: list[float] = []
+    began = clock()
+    end = cut.cut_at = began + deadline
+
+    async def one() -> bool:
+        ok = False
+        if clock() >= end:
+            raise asyncio.CancelledError  # counted with the calls cut off
+        try:
+            response = await client.get(API_PATH)
+            ok = response.status_code == 200
+        except Exception:  # noqa: BLE001, S110 - a failed call is what is counted
+            pass
+        latencies.append(clock() - began)
+        return ok
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    _, pending = await asyncio.wait(tasks, timeout=deadline)
+    cut = clock() - began
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    cancelled = [t for t in tasks if t.cancelled() or not t.done()]
+    latencies += [cut] * len(cancelled)
+    failed = len(cancelled) + sum(not t.result() for t in tasks if t.done() and not t.cancelled())
+    return latencies, failed
+
+
+async def _in_turn(
+    client: httpx.AsyncClient, count: int, deadline: float, cut: CutOffTransport
+) -> tuple[list[float], int]:
+    """*count* calls one after another, for at most *deadline* seconds in all.
+
+    A call still running at the deadline is cut off; calls not started by then are failed
+    and have no latency.
+    """
+    clock = time.monotonic
+    end = cut.cut_at = clock() + deadline
+    latencies: list[float] = []
+    failed = 0
+    for index in range(count):
+        left = end - clock()
+        if left <= 0:
+            failed += count - index
+            break
+        began = clock()
+        ok = False
+        try:
+            response = await asyncio.wait_for(client.get(API_PATH), left)
+            ok = response.status_code == 200
+        except Exception:  # noqa: BLE001, S110 - a failed or cut-off call
+            pass
+        latencies.append(clock() - began)
+        failed += not ok
+    return latencies, failed
+
+
+def _slot_order(index: int) -> list[tuple[str, Contender]]:
+    """One round's (mode, contender) slots: every contender with the endpoint refusing
+    connections, then with it hanging; the order rotates from round to round. A contender
+    that blocks the event loop goes last when the endpoint hangs: it overruns the deadline
+    by one token-request timeout per pattern (its token requests are given the deadline as
+    their timeout instead of its default 60 s), which would eat into the next slot."""
+    shift = index % len(CONTENDERS)
+    rotated = CONTENDERS[shift:] + CONTENDERS[:shift]
+    hang = [c for c in rotated if not c.blocks_loop] + [c for c in rotated if c.blocks_loop]
+    return [("refuse", c) for c in rotated] + [("hang", c) for c in hang]
+
+
+async def margin_outage(
+    server: Server, settings: Settings, log: Callable[[str], None]
+) -> dict[str, Any]:
+    calls, deadline = settings.margin_calls, settings.margin_deadline
+    budget = 2 * deadline + 1.0  # one slot: a burst, then calls in turn, each cut off
+    log(
+        f"  outage inside the refresh margin: a token with {LEFT:g} s left (margin "
+        f"{MARGIN:g} s), the token endpoint refusing connections or hanging; {calls:,} calls "
+        f"at once, then {calls:,} in turn, each pattern cut off after {deadline:g} s"
+    )
+    per: dict[str, dict[str, list[Metrics]]] = {
+        mode: {c.name: [] for c in CONTENDERS} for mode in MARGIN_MODES
+    }
+    for index in range(settings.margin_rounds):
+        slots = _slot_order(index)
+        gate = await server.control(reset=True, gate="serve", set={"token_latency": 0.0})
+        began = time.monotonic()
+        starts = [began + FIRST_WAIT + n * budget for n in range(len(slots))]
+        stacks = [contextlib.AsyncExitStack() for _ in slots]
+        try:
+            # Every slot's contender opens now, and gets a token that will have LEFT seconds
+            # of life when its slot starts: the waits run side by side.
+            opened = []
+            for n, (_, contender) in enumerate(slots):
+                lifetime = round(starts[n] + LEFT - time.monotonic())
+                await server.control(set={"token_lifetime": lifetime})
+                target = Target(
+                    token_url=f"http://127.0.0.1:{gate['gate_port']}/token/{index}-{n}",
+                    base_url=server.url,
+                    sync_transport=CutOffTransport(),
+                )
+                session = await stacks[n].enter_async_context(
+                    contender.open(
+                        target,
+                        margin=MARGIN,
+                        at_margin=True,
+                        token_timeout=math.ceil(deadline),
+                    )
+                )
+                await start(session)
+                await session.client.get(API_PATH)  # its first token
+                stats = await server.control()
+                issued = stats["token_log"][-1][1] if contender.name != "floor" else math.nan
+                opened.append((session, issued + lifetime, target.sync_transport))
+            for n, (mode, contender) in enumerate(slots):
+                session, expires_at, cut = opened[n]
+                if n == 0 or mode != slots[n - 1][0]:
+                    await server.control(gate=mode)
+                await asyncio.sleep(max(0.0, starts[n] - time.monotonic()))
+                left = expires_at - time.monotonic()
+                gc.collect()
+                burst, burst_failed = await _burst(session.client, calls, deadline, cut)
+                turn, turn_failed = await _in_turn(session.client, calls, deadline, cut)
+                await stacks[n].aclose()
+                metrics = {
+                    "left_s": left,
+                    "burst_failed": float(burst_failed),
+                    "burst_p99_ms": percentile(burst, 99) * 1000,
+                    "burst_max_ms": percentile(burst, 100) * 1000,
+                    "turn_failed": float(turn_failed),
+                    "turn_p99_ms": percentile(turn, 99) * 1000,
+                    "turn_max_ms": percentile(turn, 100) * 1000,
+                }
+                per[mode][contender.name].append(metrics)
+                log(f"    round {index + 1} {mode} {contender.name}: {_brief(metrics)}")
+        finally:
+            for stack in stacks:
+                await stack.aclose()
+            await server.control(gate="serve")  # and drops every hanging connection
+    cases = []
+    for mode in MARGIN_MODES:
+        what = "refusing connections" if mode == "refuse" else "accepting, never answering"
+        cases.append(
+            {
+                "case": f"token endpoint {what}",
+                "mode": mode,
+                "contenders": aggregate(per[mode], ("burst_max_ms", "turn_max_ms")),
+                "raw": per[mode],
+            }
+        )
+    return {
+        "cases": cases,
+        "calls": calls,
+        "deadline": deadline,
+        "margin": MARGIN,
+        "left": LEFT,
+        "notes": _notes(),
+    }
+
+
+# -- 7. import time ------------------------------------------------------------------------
+
+_IMPORT_PROBE = (
+    "import time; began = time.perf_counter(); import {module}; print(time.perf_counter() - began)"
+)
+
+
+def _import_env(cache: str) -> dict[str, str]:
+    """The probes' environment: compiled bytecode for every module, in *cache*.
+
+    An installed package comes with its bytecode compiled (httpx's is in site-packages),
+    but a source checkout may have none, notably where ``PYTHONDONTWRITEBYTECODE`` is set:
+    then every probe would compile payme_auth from source. With a cache prefix, every
+    module's bytecode is read from (and first written to) *cache* alone, for both modules.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = cache
+    return env
+
+
+def _import_seconds(module: str, env: dict[str, str]) -> float:
+    """Seconds ``import module`` takes in a fresh interpreter (its start-up not counted)."""
+    out = subprocess.run(  # noqa: S603 - this interpreter, a fixed probe
+        [sys.executable, "-c", _IMPORT_PROBE.format(module=module)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return float(out.stdout.strip())
+
+
+def _import_profile(
+    module: str, beside: str, env: dict[str, str], top: int = 8
+) -> list[tuple[str, float]]:
+    """What ``import module`` loads beyond ``import beside``, from ``python -X importtime``:
+    the self time (ms) of those modules summed by top-level package, largest first."""
+
+    def self_times(name: str) -> dict[str, float]:
+        out = subprocess.run(  # noqa: S603 - this interpreter, a fixed probe
+            [sys.executable, "-X", "importtime", "-c", f"import {name}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        found = {}
+        for line in out.stderr.splitlines():
+            parts = line.removeprefix("import time:").split("|")
+            if len(parts) == 3 and parts[0].strip().isdigit():
+                found[parts[2].strip()] = float(parts[0]) / 1000
+        return found
+
+    mine, theirs = self_times(module), self_times(beside)
+    packages: dict[str, float] = {}
+    for name, ms in mine.items():
+        if name not in theirs:
+            packages[name.split(".")[0]] = packages.get(name.split(".")[0], 0.0) + ms
+    return sorted(packages.items(), key=lambda item: -item[1])[:top]
+
+
+async def import_time(
+    server: Server, settings: Settings, log: Callable[[str], None]
+) -> dict[str, Any]:
+    runs = settings.import_runs
+    log(f"  import time: {runs} fresh interpreters each, side by side")
+    modules = ("httpx", "payme_auth")
+    per: dict[str, list[Metrics]] = {m: [] for m in modules}
+    with tempfile.TemporaryDirectory(prefix="bench-pycache-") as cache:
+        env = _import_env(cache)
+        for module in modules:  # writes the bytecode cache; not timed
+            await asyncio.to_thread(_import_seconds, module, env)
+        for index in range(runs):
+            order = modules if index % 2 == 0 else modules[::-1]
+            pair = {m: await asyncio.to_thread(_import_seconds, m, env) for m in order}
+            for module in modules:
+                per[module].append({"import_ms": pair[module] * 1000})
+        beyond = await asyncio.to_thread(_import_profile, "payme_auth", "httpx", env)
+    ratios = [
+        p["import_ms"] / h["import_ms"]
+        for p, h in zip(per["payme_auth"], per["httpx"], strict=True)
+    ]
+    log(
+        f"    median: httpx {statistics.median(r['import_ms'] for r in per['httpx']):.1f} ms, "
+        f"payme_auth {statistics.median(r['import_ms'] for r in per['payme_auth']):.1f} ms"
+    )
+    return {
+        "cases": [
+            {
+                "case": "import",
+                "contenders": {
+                    module: {
+                        "metrics": {"import_ms": summary([r["import_ms"] for r in per[module]])},
+                        "ratios": {},
+                    }
+                    for module in modules
+                },
+                "ratio": summary(ratios),
+                "raw": per,
+            }
+        ],
+        "beyond_httpx": beyond,
+    }
+
+
 SCENARIOS: dict[
     str, Callable[[Server, Settings, Callable[[str], None]], Awaitable[dict[str, Any]]]
 ] = {
@@ -648,4 +977,6 @@ SCENARIOS: dict[
     "renewal": renewal,
     "outage": outage,
     "revocation": revocation,
+    "margin_outage": margin_outage,
+    "import_time": import_time,
 }

@@ -22,6 +22,12 @@ Rules:
   unknown, revoked or expired tokens get 401. A token that had already expired when the
   request *arrived* is counted in ``expired_on_arrival``.
   The token ``floor-token`` is always valid: the floor contender sends it.
+- A *gate* is a second port for token requests whose behaviour the harness switches
+  (``{"gate": "serve" | "refuse" | "hang"}``; the answer's ``gate_port`` is its port):
+  ``serve`` passes connections through to the app; ``refuse`` stops listening, with the
+  port kept bound so that connections are refused (and no client's ephemeral port lands
+  on it); ``hang`` accepts connections, reads them and never answers. Every switch closes
+  the connections already open, so that kept-alive ones meet the new behaviour too.
 """
 
 from __future__ import annotations
@@ -57,12 +63,88 @@ _KNOBS = {
 }
 
 
+class Gate:
+    """A token port in front of the app that serves, refuses connections, or hangs."""
+
+    def __init__(self, app_port: int) -> None:
+        self.app_port = app_port
+        self.mode = "serve"
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.parked: socket.socket | None = None  # bound, not listening: refuses
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.accepted = 0
+
+    async def switch(self, mode: str) -> None:
+        if mode not in ("serve", "refuse", "hang"):
+            raise ValueError(f"unknown gate mode {mode!r}")
+        for writer in list(self.writers):
+            writer.close()
+        self.writers.clear()
+        listening = mode in ("serve", "hang")
+        if listening and self.server is None:
+            sock = self.parked or _listener(0)
+            self.parked = None
+            sock.listen(2048)
+            self.server = await asyncio.start_server(self._connection, sock=sock, backlog=2048)
+        elif not listening and self.server is not None:
+            self.server.close()
+            self.parked = _listener(self.port)
+            self.server = None
+        if not self.port:
+            self.port = (self.server.sockets[0] if self.server else self.parked).getsockname()[1]
+        self.mode = mode
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.writers.add(writer)
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            if self.mode != "serve":  # hang: read what comes, never answer
+                while await reader.read(65536):
+                    pass
+                return
+            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.app_port)
+            self.writers.add(upstream)
+            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+        except OSError:
+            pass
+        finally:
+            for each in (writer, upstream):
+                if each is not None:
+                    each.close()
+                    self.writers.discard(each)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+def _listener(port: int) -> socket.socket:
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listening socket says TCP, and without it a keep-alive answer written in two pieces
+    # (headers, body) waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 class BenchApp:
     """The ASGI app: token endpoint, a protected ``/charges`` API and a control route."""
 
     def __init__(self) -> None:
         self.knobs: dict[str, Any] = dict(_KNOBS)
         self.rng = random.Random(1234)
+        self.port = 0  # the app's own, set once it listens
+        self.gate: Gate | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -110,7 +192,7 @@ class BenchApp:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
-        if path == "/token":
+        if path == "/token" or path.startswith("/token/"):  # a suffix tells clients apart
             await self._token(headers, body, send)
         elif path.startswith("/charges"):
             await self._api(headers, send)
@@ -128,13 +210,23 @@ class BenchApp:
                 await _send(send, 400, {"message": f"unknown knob {name}"})
                 return
             self.knobs[name] = value
+        gate: dict[str, Any] = {}
+        if command.get("gate"):
+            if self.gate is None:
+                self.gate = Gate(self.port)
+            try:
+                await self.gate.switch(command["gate"])
+            except ValueError as error:
+                await _send(send, 400, {"message": str(error)})
+                return
+            gate = {"gate_port": self.gate.port, "gate_accepted": self.gate.accepted}
         revoked = 0
         if command.get("revoke"):
             revoked = len(self.tokens)
             self.tokens.clear()
             self.knobs["hold_api_until_revocation"] = False
             self.released.set()
-        await _send(send, 200, {**self.stats(), "revoked": revoked})
+        await _send(send, 200, {**self.stats(), **gate, "revoked": revoked})
 
     async def _token(self, headers: dict[str, str], body: bytes, send: Any) -> None:
         arrived = time.monotonic()
@@ -256,15 +348,12 @@ def main() -> None:
         if ("--max-seconds" in sys.argv)
         else 3600.0
     )
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
-    # listening socket says TCP, and without it a keep-alive answer written in two pieces
-    # (headers, body) waits ~40 ms for the client's delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = _listener(0)
     sock.listen(2048)
+    app = BenchApp()
+    app.port = sock.getsockname()[1]
     config = uvicorn.Config(
-        BenchApp(),
+        app,
         interface="asgi3",
         http="h11",
         ws="none",
