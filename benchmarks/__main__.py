@@ -29,10 +29,12 @@ from typing import Any
 
 from ._fleet import fleet
 from ._measure import ROOT, Server
-from ._report import compact, markdown, plot, update_docs
+from ._report import SYNC_MARKERS, compact, markdown, plot, update_docs
 from ._scenarios import SCENARIOS, Settings
+from ._sync import run_sync, sync_markdown
 
 SCENARIOS["fleet"] = fleet  # token requests per hour for N processes, with and without Redis
+SYNC = "sync"  # synchronous callers from threads (benchmarks/_sync.py), run after the rest
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
 
@@ -125,16 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the results in docs/performance.md and its plot",
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated scenarios: " + ", ".join(SCENARIOS)
+        "--only", default="", help="comma-separated scenarios: " + ", ".join([*SCENARIOS, SYNC])
     )
     parser.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
     args = parser.parse_args(argv)
 
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
-    unknown = [n for n in names if n not in SCENARIOS]
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or [*SCENARIOS, SYNC]
+    unknown = [n for n in names if n not in SCENARIOS and n != SYNC]
     if unknown:
         parser.error(
-            f"unknown scenario(s) {', '.join(unknown)}; choose from: {', '.join(SCENARIOS)}"
+            f"unknown scenario(s) {', '.join(unknown)}; "
+            f"choose from: {', '.join([*SCENARIOS, SYNC])}"
         )
     if importlib.util.find_spec("httpx2") is not None:
         # Authlib then runs on httpx2 instead of httpx, and the harness's transports and
@@ -156,7 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     began = time.monotonic()
-    scenarios, failures = asyncio.run(_run(names, settings))
+    asynchronous = [name for name in names if name != SYNC]
+    scenarios, failures = asyncio.run(_run(asynchronous, settings))
+    synchronous: dict[str, Any] | None = None
+    if SYNC in names:
+        _log("== sync")
+        try:
+            synchronous = run_sync(args.quick, _log)
+        except Exception:  # noqa: BLE001 - reported, and the run counts as incomplete
+            _log(f"scenario sync raised:\n{traceback.format_exc()}")
+            failures.append(SYNC)
     results = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -171,17 +183,24 @@ def main(argv: list[str] | None = None) -> int:
         "settings": dataclasses.asdict(settings),
         "scenarios": scenarios,
     }
-    report = markdown(results)
-    print(report)
+    report = markdown(results) if asynchronous else ""
+    sync_report = sync_markdown(synchronous) if synchronous is not None else ""
+    if synchronous is not None:
+        results["sync"] = synchronous
+    print("\n\n".join(part for part in (report, sync_report) if part))
     if args.update_docs:
-        picture = plot(results)
-        update_docs(report)
-        _log(f"docs/performance.md updated; plot: {picture}")
+        if asynchronous:
+            picture = plot(results)
+            update_docs(report)
+            _log(f"docs/performance.md updated; plot: {picture}")
+        if sync_report:
+            update_docs(sync_report, markers=SYNC_MARKERS, figure=False)
+            _log("docs/performance.md: the synchronous callers' section updated")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(compact(results), indent=1, default=str)
     args.json.write_text(text + "\n", encoding="utf-8")
     _log(f"results written to {args.json}")
-    ran = [n for n in names if n not in failures]
+    ran = [n for n in asynchronous if n not in failures]
     problems = [f"{name}: raised" for name in failures] + _check_complete(scenarios, ran)
     if problems:
         _log("INCOMPLETE RUN:\n  " + "\n  ".join(problems))

@@ -13,6 +13,7 @@ DOCS_PAGE = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "_static" / "renewal-latency.png"
 START_MARKER = "<!-- bench-results -->"
 END_MARKER = "<!-- /bench-results -->"
+SYNC_MARKERS = ("<!-- bench-sync -->", "<!-- /bench-sync -->")
 ORDER = ("floor", "payme_auth", "payme_auth (no async with)", "authlib", "httpx-auth")
 TIMES = "\u00d7"  # the multiplication sign
 DASH = "\u2013"  # an en dash, for ranges
@@ -625,15 +626,24 @@ def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
     return path
 
 
-def update_docs(table: str, page: Path = DOCS_PAGE) -> None:
-    """Replace what is between the result markers of docs/performance.md with *table*."""
+def update_docs(
+    table: str,
+    page: Path = DOCS_PAGE,
+    *,
+    markers: tuple[str, str] = (START_MARKER, END_MARKER),
+    figure: bool = True,
+) -> None:
+    """Replace what is between *markers* in docs/performance.md with *table* (and the plot)."""
+    start, stop = markers
     text = page.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.DOTALL)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(stop), re.DOTALL)
     if not pattern.search(text):
-        raise RuntimeError(f"{page} lacks the markers {START_MARKER} and {END_MARKER}")
-    figure = (
+        raise RuntimeError(f"{page} lacks the markers {start} and {stop}")
+    picture = (
         "![Caller latency over time around a token renewal, one panel per contender]"
         "(_static/renewal-latency.png)\n"
+        if figure
+        else ""
     )
-    block = f"{START_MARKER}\n\n{table}\n\n{figure}\n{END_MARKER}"
+    block = f"{start}\n\n{table}\n\n{picture}{stop}" if picture else f"{start}\n\n{table}\n{stop}"
     page.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")

@@ -33,7 +33,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
@@ -44,7 +43,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from functools import partial
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -53,6 +52,9 @@ from ._log import logger
 from ._policy import Windows, renewal_pause
 from ._stats import AuthStats, TokenState
 from ._token import AccessToken
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["TokenProvider", "TokenSource"]
 
@@ -111,9 +113,7 @@ class _Loop:
             flight.scope.cancel()
             return
         call_soon = (
-            key.call_soon_threadsafe
-            if isinstance(key, asyncio.AbstractEventLoop)
-            else key.run_sync_soon  # type: ignore[attr-defined]
+            key.call_soon_threadsafe if _is_asyncio_loop(key) else key.run_sync_soon  # type: ignore[attr-defined]
         )
         # A closed loop (a finished trio run) raises RuntimeError: nothing runs there anyway.
         with contextlib.suppress(RuntimeError):
@@ -121,7 +121,7 @@ class _Loop:
 
     def dead(self) -> bool:
         key = self.key()
-        return key is None or (isinstance(key, asyncio.AbstractEventLoop) and key.is_closed())
+        return key is None or (_is_asyncio_loop(key) and key.is_closed())  # type: ignore[attr-defined]
 
 
 class _ThreadFlight:
@@ -134,13 +134,26 @@ class _ThreadFlight:
         self.outcome: tuple[AccessToken | Exception, TracebackType | None]
 
 
+# asyncio and trio are looked up, not imported: one that is not imported is not running
+# either, and importing asyncio would cost ~10 ms to every `import payme_auth`.
+
+
+def _is_asyncio_loop(key: object) -> bool:
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(key, asyncio.AbstractEventLoop)
+
+
 def _current_loop() -> object | None:
     """The running event loop (asyncio's loop, or the trio run's token), or ``None``."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    trio = sys.modules.get("trio")  # not imported: not running either
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        try:
+            loop: object = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return loop
+    trio = sys.modules.get("trio")
     if trio is not None:
         try:
             token: object = trio.lowlevel.current_trio_token()
@@ -153,14 +166,13 @@ def _current_loop() -> object | None:
 
 def _spawn(flight: _Flight, fly: Callable[[], Coroutine[object, object, None]]) -> None:
     """Start *fly* as a task of the running event loop that no caller awaits."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    loop = _current_loop()
+    if _is_asyncio_loop(loop):
+        flight.task = loop.create_task(fly(), name="payme_auth token fetch")  # type: ignore[attr-defined]
+    else:
         import trio
 
         trio.lowlevel.spawn_system_task(fly, name="payme_auth token fetch")
-    else:
-        flight.task = loop.create_task(fly(), name="payme_auth token fetch")
 
 
 class TokenProvider:
@@ -330,6 +342,8 @@ class TokenProvider:
 
         def fly() -> None:
             outcome: tuple[AccessToken | Exception, TracebackType | None]
+            import asyncio
+
             try:
                 outcome = asyncio.run(self._outcome(forced=forced, background=background))
             except Exception as error:  # noqa: BLE001 - the flight's outcome, for its callers
