@@ -52,7 +52,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=MAIN_PYTHON)
 def httpx2(session: nox.Session) -> None:
     """Run the tests that need httpx2 (the plugs' shared tests, the httpx2 plug's own, the
-    aiohttp middleware over the httpx2 plug) with httpx2 installed."""
+    aiohttp and requests plugs over the httpx2 plug) with httpx2 installed."""
     session.install("-e", ".[test,httpx2]")
     session.run(
         "pytest",
@@ -60,6 +60,7 @@ def httpx2(session: nox.Session) -> None:
         "tests/test_auth_flow.py",
         "tests/test_httpx2.py",
         "tests/test_aiohttp.py",
+        "tests/test_requests.py",
         *session.posargs,
     )
 

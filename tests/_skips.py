@@ -35,7 +35,7 @@ _CAUSES = (
         (
             "httpx2 not installed: {n} httpx2 tests skipped (the httpx2 variants of "
             "tests/test_auth_flow.py, tests/test_httpx2.py, the httpx2 plug in "
-            "tests/test_aiohttp.py): `nox -s httpx2` runs them"
+            "tests/test_aiohttp.py and tests/test_requests.py): `nox -s httpx2` runs them"
         ),
     ),
     (

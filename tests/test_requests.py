@@ -364,9 +364,10 @@ def test_anything_but_a_payme_auth_is_refused() -> None:
 
 def test_it_takes_the_httpx2_plug(auth: PaymeAuth) -> None:
     """Built from the httpx2 plug, it serves the same PaymeAuth's tokens."""
-    httpx2_plug = pytest.importorskip(
-        "payme_auth.httpx2", reason="httpx2 is not installed"
-    ).PaymeAuth.from_auth(auth)
+    pytest.importorskip("httpx2", reason="httpx2 is not installed (payme-auth[httpx2])")
+    from payme_auth.httpx2 import PaymeAuth as Httpx2PaymeAuth
+
+    httpx2_plug = Httpx2PaymeAuth.from_auth(auth)
     assert PaymeRequestsAuth(httpx2_plug).auth is auth
 
 
