@@ -15,7 +15,7 @@ import anyio
 import pytest
 import respx
 
-from payme_auth import Environment, RetryPolicy
+from payme_auth import Environment, PaymeAuth, RetryPolicy
 from payme_auth.testing import EmulatorServer, PaymeEmulator, PaymeTokenMock, run_emulator
 
 CLIENT_ID = "test-client-id"
@@ -131,6 +131,16 @@ def emulator_server() -> Iterator[EmulatorServer]:
     """The Pay-me emulator on a loopback port, knowing the test credentials."""
     with run_emulator(PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)) as server:
         yield server
+
+
+EMULATOR_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=5.0)
+"""Quick retries for tests against the emulator (a Retry-After up to 5 s is honoured)."""
+
+
+def emulator_auth(server: EmulatorServer, **kwargs: Any) -> PaymeAuth:
+    """A PaymeAuth with the test credentials for *server*, retrying quickly."""
+    kwargs.setdefault("retry", EMULATOR_RETRY)
+    return PaymeAuth(CLIENT_ID, CLIENT_SECRET, environment=server.environment, **kwargs)
 
 
 @pytest.fixture

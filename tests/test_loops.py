@@ -19,27 +19,15 @@ import anyio
 import pytest
 import trio
 
-from payme_auth import AccessToken, AuthClosedError, PaymeAuth, RetryPolicy
+from payme_auth import AccessToken, AuthClosedError, PaymeAuth
 from payme_auth.testing import (
     EmulatorServer,
     PaymeEmulator,
     run_emulator,
 )
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, FakeClock
+from .conftest import CLIENT_ID, CLIENT_SECRET, FakeClock, emulator_auth
 from .test_renewal import settle_now
-
-QUICK = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
-
-
-def make_auth(server: EmulatorServer, **kwargs: object) -> PaymeAuth:
-    kwargs.setdefault("retry", QUICK)
-    return PaymeAuth(
-        CLIENT_ID,
-        CLIENT_SECRET,
-        environment=server.environment,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 def token_requests(server: EmulatorServer) -> int:
@@ -53,7 +41,7 @@ def test_threads_with_their_own_loops_never_wait_on_each_other(
     their fetches overlap: every thread gets a token, none waits on another loop's fetch,
     and there is at most one token request per event loop."""
     emulator_server.emulator.token_latency = 0.3
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     got: dict[int, set[str]] = {}
     start = threading.Barrier(8)
 
@@ -88,7 +76,7 @@ def test_threads_with_their_own_loops_never_wait_on_each_other(
 
 def test_consecutive_event_loops_share_the_token(emulator_server: EmulatorServer) -> None:
     """asyncio.run(), then trio.run(), then asyncio.run() again: one token, one request."""
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     first = asyncio.run(auth.get_token())
     second = trio.run(auth.get_token)
     third = asyncio.run(auth.get_token())
@@ -101,7 +89,7 @@ def test_a_fetch_left_in_a_closed_loop_holds_nobody(emulator_server: EmulatorSer
     """A loop closed (without cancelling its tasks) while its fetch is in the air: the next
     asyncio.run() and a trio.run() start fetches of their own and get tokens at once."""
     emulator_server.emulator.token_latency = 5.0
-    auth = make_auth(emulator_server, timeout=8.0)
+    auth = emulator_auth(emulator_server, timeout=8.0)
     loop = asyncio.new_event_loop()
 
     async def start_a_fetch() -> None:
@@ -125,7 +113,7 @@ def test_a_renewal_left_in_a_closed_loop_holds_back_nothing(
     """A background renewal stranded in a closed loop: once its token expires, callers of a
     new loop fetch their own and are not held by the stranded one."""
     emulator_server.emulator.token_lifetime = 2
-    auth = make_auth(emulator_server, refresh_margin=0.5, timeout=2.0)
+    auth = emulator_auth(emulator_server, refresh_margin=0.5, timeout=2.0)
     loop = asyncio.new_event_loop()
     first = loop.run_until_complete(auth.get_token())
     emulator_server.emulator.token_latency = 30.0
@@ -148,7 +136,7 @@ def test_a_child_forked_during_a_fetch_fetches_its_own(emulator_server: Emulator
     """fork() while another thread's fetch is in the air: the child never waits on it; it
     fetches a token of its own and exits."""
     emulator_server.emulator.token_latency = 3.0
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     in_air = threading.Event()
 
     async def fetch_slowly() -> None:
@@ -211,7 +199,7 @@ async def test_aclose_stops_a_fetch_against_a_hanging_endpoint(
     """Without async with, aclose() during a fetch to an endpoint that never answers: every
     waiter gets AuthClosedError at once, and no token request leaves after it returns."""
     emulator_server.emulator.token_latency = 60.0
-    auth = make_auth(emulator_server, timeout=3.0)
+    auth = emulator_auth(emulator_server, timeout=3.0)
     errors: list[float] = []
 
     async def call() -> None:
@@ -246,7 +234,7 @@ async def test_an_outage_inside_the_margin_makes_nobody_wait(outage: str) -> Non
             client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_lifetime=60
         )
         server = stack.enter_context(run_emulator(emulator))
-        auth = make_auth(server, clock=clock, refresh_margin=25, advisory_ratio=None, timeout=3)
+        auth = emulator_auth(server, clock=clock, refresh_margin=25, advisory_ratio=None, timeout=3)
         first = await auth.get_token()
         if outage == "refused":
             stack.close()  # the server stops: connections are refused from now on

@@ -11,24 +11,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from payme_auth import AccessToken, AuthClosedError, PaymeAuth, RetryPolicy, TokenError
+from payme_auth import AccessToken, AuthClosedError, PaymeAuth, TokenError
 from payme_auth.testing import (
     EmulatorServer,
 )
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, FakeClock
-
-QUICK = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
-
-
-def make_auth(server: EmulatorServer, **kwargs: object) -> PaymeAuth:
-    kwargs.setdefault("retry", QUICK)
-    return PaymeAuth(
-        CLIENT_ID,
-        CLIENT_SECRET,
-        environment=server.environment,
-        **kwargs,  # type: ignore[arg-type]
-    )
+from .conftest import CLIENT_ID, FakeClock, emulator_auth
 
 
 def in_threads(count: int, work: object) -> None:
@@ -56,7 +44,7 @@ def in_threads(count: int, work: object) -> None:
 def test_64_threads_share_one_token_request(emulator_server: EmulatorServer) -> None:
     """64 threads calling the API through httpx.Client at once cause one token request."""
     emulator_server.emulator.token_latency = 0.2
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     statuses: list[int] = []
 
     def work() -> None:
@@ -93,7 +81,7 @@ def test_threads_share_a_failure_once(emulator_server: EmulatorServer) -> None:
 def test_a_revoked_token_is_replaced_once_for_every_thread(emulator_server: EmulatorServer) -> None:
     """After revocation, every request refused with the old token is replayed once, all of
     them with one new token."""
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     auth.get_token_sync()
     emulator_server.emulator.revoke_tokens()
     emulator_server.emulator.token_latency = 0.2
@@ -114,7 +102,7 @@ def test_a_revoked_token_is_replaced_once_for_every_thread(emulator_server: Emul
 
 def test_a_streamed_body_is_not_replayed(emulator_server: EmulatorServer) -> None:
     """A body sent from a generator cannot be sent again: the caller gets the 401."""
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     auth.get_token_sync()
     emulator_server.emulator.revoke_tokens()
 
@@ -130,7 +118,7 @@ def test_a_streamed_body_is_not_replayed(emulator_server: EmulatorServer) -> Non
 
 def test_sync_and_async_callers_share_the_token(emulator_server: EmulatorServer) -> None:
     """A token fetched by a thread is the one an event loop gets, and the other way round."""
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     first = auth.get_token_sync()
     assert asyncio.run(auth.get_token()) is first
     assert auth.headers_sync() == {
@@ -148,7 +136,7 @@ def test_close_from_sync_code_frees_waiting_threads(emulator_server: EmulatorSer
     """close() while threads wait on a fetch to a hanging endpoint: they get AuthClosedError
     at once, and nothing more is sent."""
     emulator_server.emulator.token_latency = 60.0
-    auth = make_auth(emulator_server, timeout=5.0)
+    auth = emulator_auth(emulator_server, timeout=5.0)
     done: list[float] = []
 
     def work() -> None:
@@ -181,7 +169,7 @@ def test_no_thread_waits_for_a_renewal_while_the_token_is_good(
     """Inside the refresh margin a sync caller gets the cached token at once, the renewal
     runs in a thread of its own, and the next callers get the new token."""
     clock = FakeClock()
-    auth = make_auth(emulator_server, clock=clock, refresh_margin=60, advisory_ratio=None)
+    auth = emulator_auth(emulator_server, clock=clock, refresh_margin=60, advisory_ratio=None)
     first = auth.get_token_sync()
     emulator_server.emulator.token_latency = 0.5
     clock.advance(8600 - 30)  # inside the margin, 30 s left

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -36,16 +35,10 @@ from payme_auth import (
 from payme_auth.requests import PaymeRequestsAuth
 from payme_auth.testing import EmulatorServer, Fault
 
-from .conftest import CLIENT_ID, CLIENT_SECRET
+from .conftest import CLIENT_ID, CLIENT_SECRET, EMULATOR_RETRY, emulator_auth
 
-QUICK = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=5.0)
 WAIT = 20.0  # seconds: the bound on every join, so that a hang fails instead of hanging
 THREADS = 64
-
-
-def make_auth(server: EmulatorServer, **kwargs: Any) -> PaymeAuth:
-    kwargs.setdefault("retry", QUICK)
-    return PaymeAuth(CLIENT_ID, CLIENT_SECRET, environment=server.environment, **kwargs)
 
 
 def seeded(seed: float) -> random.Random:
@@ -99,7 +92,7 @@ def test_ctrl_c_in_a_waiting_main_thread_strands_nobody(
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread only")
     emulator_server.emulator.token_latency = 0.6
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     rng = seeded(rounds)
     waiting = threading.Event()
 
@@ -160,7 +153,7 @@ def test_close_by_one_waiting_thread_frees_all_and_caches_nothing(
     every other waiter gets AuthClosedError, nobody is stranded, one request was sent, and
     the token that lands afterwards is not cached."""
     emulator_server.emulator.token_latency = 0.8
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     rng = seeded(7)
     closer, moment = rng.randrange(THREADS), rng.uniform(0.0, 0.3)
 
@@ -228,7 +221,7 @@ def test_requests_cut_at_random_points_leave_the_token_whole(
     every request not cut gets a 200, one token request per token, and every 401 that
     reached the flow was replayed once."""
     emulator_server.emulator.token_latency = 0.1
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     transport = FlakyTransport(seeded(2024), share=0.3)
     codes: list[int | str] = []
     # One client for every thread: httpx.Client is thread-safe.
@@ -269,7 +262,7 @@ def test_a_refusal_fails_every_thread_at_once_with_one_request(
     error, from one request."""
     emulator_server.emulator.inject(fault, times=5)
     emulator_server.emulator.token_latency = 0.1
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     outcomes = in_threads(16, lambda _n: auth.get_token_sync())
     assert all(type(outcome) is expected for outcome in outcomes), outcomes[:2]
     assert len({id(outcome) for outcome in outcomes}) == 1
@@ -304,7 +297,7 @@ def test_a_503_with_retry_after_is_retried_after_that_wait(emulator_server: Emul
     """A 503 with Retry-After: 1 is retried, no sooner than a second later, and the threads
     waiting get the token of the retry."""
     emulator_server.emulator.inject(Fault(status=503, headers={"Retry-After": "1"}))
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     began = time.monotonic()
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     elapsed = time.monotonic() - began
@@ -319,14 +312,14 @@ def test_a_lasting_5xx_ends_after_the_attempts(emulator_server: EmulatorServer) 
     """An endpoint that keeps answering 503 gets exactly `attempts` requests; every thread
     gets the one TokenEndpointUnavailableError, with the server's Retry-After."""
     emulator_server.emulator.inject(Fault(status=503, headers={"Retry-After": "0"}), times=10)
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     error = outcomes[0]
     assert isinstance(error, TokenEndpointUnavailableError)
     assert all(outcome is error for outcome in outcomes)
     assert error.status_code == 503
     assert error.retry_after == 0
-    assert emulator_server.emulator.stats.token_requests == QUICK.attempts
+    assert emulator_server.emulator.stats.token_requests == EMULATOR_RETRY.attempts
     auth.close()
 
 
@@ -337,7 +330,7 @@ def test_a_hanging_endpoint_is_bounded_by_the_timeout(emulator_server: EmulatorS
     would have been a TokenResponseError); one request per attempt."""
     emulator_server.emulator.inject(Fault(status=200, delay=3.0), times=2)
     retry = RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.02)
-    auth = make_auth(emulator_server, timeout=0.3, retry=retry)
+    auth = emulator_auth(emulator_server, timeout=0.3, retry=retry)
     began = time.monotonic()
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     elapsed = time.monotonic() - began
@@ -359,7 +352,7 @@ def test_a_bad_answer_is_a_token_response_error(
     """A 200 whose body is not a token answer fails every thread with TokenResponseError,
     after one request, and nothing is cached."""
     emulator_server.emulator.inject(Fault(status=200, body=body), times=5)
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     outcomes = in_threads(8, lambda _n: auth.get_token_sync())
     assert all(isinstance(outcome, TokenResponseError) for outcome in outcomes), outcomes[:2]
     assert len({id(outcome) for outcome in outcomes}) == 1
@@ -382,7 +375,7 @@ def test_no_secret_in_any_log_record_str_or_repr_on_the_sync_path(
     or in the str or repr of anything a caller holds."""
     import requests
 
-    auth = make_auth(emulator_server)
+    auth = emulator_auth(emulator_server)
     tokens: list[AccessToken] = [auth.get_token_sync()]
     shown: list[object] = [auth, auth.stats(), auth.headers_sync()["ALG-API-VERSION"]]
     with httpx.Client(base_url=emulator_server.url, auth=auth) as client:
