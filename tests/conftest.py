@@ -128,8 +128,13 @@ def token_mock(
 
 @pytest.fixture
 def emulator_server() -> Iterator[EmulatorServer]:
-    """The Pay-me emulator on a loopback port, knowing the test credentials."""
-    with run_emulator(PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)) as server:
+    """The Pay-me emulator on a loopback port, knowing the test credentials.
+
+    Stopped with a short grace: a test may leave a request hanging on purpose (its client
+    gone), and waiting the default 10 s for it would only slow the suite.
+    """
+    emulator = PaymeEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    with run_emulator(emulator, shutdown_timeout=1.0) as server:
         yield server
 
 

@@ -135,7 +135,7 @@ def test_a_renewal_left_in_a_closed_loop_holds_back_nothing(
 def test_a_child_forked_during_a_fetch_fetches_its_own(emulator_server: EmulatorServer) -> None:
     """fork() while another thread's fetch is in the air: the child never waits on it; it
     fetches a token of its own and exits."""
-    emulator_server.emulator.token_latency = 3.0
+    emulator_server.emulator.token_latency = 1.0
     auth = emulator_auth(emulator_server)
     in_air = threading.Event()
 
