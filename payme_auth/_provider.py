@@ -120,6 +120,7 @@ class _Loop:
             call_soon(flight.scope.cancel)
 
     def dead(self) -> bool:
+        """Whether its event loop is closed (a collected one leaves the mapping by itself)."""
         key = self.key()
         return key is None or (_is_asyncio_loop(key) and key.is_closed())  # type: ignore[attr-defined]
 
@@ -366,8 +367,8 @@ class TokenProvider:
         with self._guard:
             loop = self._loops.get(key)
             if loop is None:
-                for other in [other for other in self._loops.values() if other.dead()]:
-                    del self._loops[other.key()]
+                for dead in [other for other, state in self._loops.items() if state.dead()]:
+                    del self._loops[dead]
                 loop = self._loops[key] = _Loop(key)
         return loop
 
