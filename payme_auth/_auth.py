@@ -261,8 +261,9 @@ class PaymeAuth(PaymeAuthBase, httpx.Auth):
     For any other HTTP client, ``await auth.headers()`` gives the two headers.
 
     ``async with`` is optional: ``httpx.AsyncClient(auth=PaymeAuth(...))`` works on its
-    own. Inside ``async with``, token fetches run in a task group of the PaymeAuth's own,
-    so a caller's cancellation or deadline never aborts a fetch that others wait for.
+    own. Either way token fetches run in tasks of the PaymeAuth's own, so a caller's
+    cancellation or deadline never aborts a fetch that others wait for. One PaymeAuth may
+    serve several event loops and threads, and ``httpx.Client`` too.
 
     Args:
         client_id: the client id Pay-me issued.
@@ -271,8 +272,9 @@ class PaymeAuth(PaymeAuthBase, httpx.Auth):
             or an :class:`Environment` of your own.
         scopes: the scopes to request (strings or :class:`Scope`); ``create:token`` is always
             included. Default: all four documented scopes.
-        refresh_margin: renew the token when fewer than this many seconds of its life remain;
-            callers then wait for the new one. Capped at half the token's lifetime.
+        refresh_margin: renew the token, in the background, at the latest when this many
+            seconds of its life remain; callers keep using it meanwhile, and wait for a new
+            one only in its last 5 s (or last twentieth). Capped at half the lifetime.
         advisory_ratio: how far into its life, up to the refresh margin, a token is renewed
             in the background while every caller keeps using it without waiting (2/3 by
             default). ``None`` renews only inside the refresh margin.
